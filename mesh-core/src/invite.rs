@@ -1,0 +1,1 @@
+//! Invites (SPEC §9): minting and checking signed, expiring, revocable mesh invites.

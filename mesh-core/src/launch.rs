@@ -1,0 +1,1 @@
+//! llama-server / rpc-server command lines (SPEC §3): a pure function of the launch plan and device.

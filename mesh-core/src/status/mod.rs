@@ -1,0 +1,5 @@
+//! Status classifier and the `/api/status` / `/api/models` payloads (SPEC §4).
+
+pub mod payload;
+
+pub use payload::*;
