@@ -18,7 +18,9 @@ pub mod sla;
 pub mod status;
 pub mod time;
 pub mod verify;
+pub mod view;
 
 pub use id::PeerId;
 pub use peer::{Backend, ModelName, PeerAnnouncement, Role};
 pub use time::Timestamp;
+pub use view::{KnownPeer, MeshView};
