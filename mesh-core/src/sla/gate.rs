@@ -3,7 +3,7 @@
 use super::tier::{Targets, Tier, TierCatalog, TierTargets};
 use crate::id::PeerId;
 use crate::peer::ModelName;
-use crate::samples::Summary;
+use crate::samples::{Sample, SampleWindow, Summary};
 use crate::time::Timestamp;
 use crate::view::{KnownPeer, MeshView};
 use serde::{Deserialize, Serialize};
@@ -54,6 +54,48 @@ pub struct EntryMeasurement {
 
 /// Everything the entry measured itself, per (peer, model).
 pub type EntryMeasurements = BTreeMap<(PeerId, ModelName), EntryMeasurement>;
+
+/// The entry's sample windows per (peer, model): every stream it proxied, timed by the same rules
+/// as a host's own samples. Bounded like any window (1 h, 512 samples each); empty ones go.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EntrySamples {
+    windows: BTreeMap<(PeerId, ModelName), (SampleWindow, Timestamp)>,
+}
+
+impl EntrySamples {
+    pub fn record(&mut self, peer: PeerId, model: &str, sample: Sample) {
+        let (window, newest) = self
+            .windows
+            .entry((peer, model.to_string()))
+            .or_insert_with(|| (SampleWindow::default(), sample.at));
+        window.record(sample);
+        *newest = (*newest).max(sample.at);
+    }
+
+    pub fn prune(&mut self, now: Timestamp) {
+        for (window, _) in self.windows.values_mut() {
+            window.prune(now);
+        }
+        self.windows.retain(|_, (w, _)| !w.is_empty());
+    }
+
+    /// What [`evaluate`] reads: each window's summary at `now`, dated by its newest sample.
+    pub fn measurements(&self, now: Timestamp) -> EntryMeasurements {
+        self.windows
+            .iter()
+            .filter_map(|(key, (window, newest))| {
+                let summary = window.summary(now)?;
+                Some((
+                    key.clone(),
+                    EntryMeasurement {
+                        summary,
+                        measured_at: *newest,
+                    },
+                ))
+            })
+            .collect()
+    }
+}
 
 /// The gate's verdict, in precedence order. The strings are a public header contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -264,4 +306,37 @@ fn misses(status: SlaStatus) -> u8 {
 /// How far from the targets, as a ratio: ≤ 1 passes on both axes, 2 is "twice too slow".
 fn shortfall(m: &Measured, t: Targets) -> f64 {
     (m.ttft_ms_p50 / t.ttft_ms_p50_max).max(t.tps_p50_min / m.tps_p50)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(at_s: u64, ttft_ms: f64, tps: f64) -> Sample {
+        Sample {
+            at: Timestamp::from_secs(at_s),
+            ttft_ms,
+            tps,
+            completion_tokens: 100,
+        }
+    }
+
+    #[test]
+    fn entry_samples_date_each_measurement_by_its_newest_sample() {
+        let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
+        let mut e = EntrySamples::default();
+        e.record(a, "m", sample(100, 80.0, 40.0));
+        e.record(a, "m", sample(50, 90.0, 42.0)); // arrives late, is older
+        e.record(b, "m", sample(10, 24_925.0, 1.09));
+        let m = e.measurements(Timestamp::from_secs(200));
+        let ma = m[&(a, "m".to_string())];
+        assert_eq!(ma.measured_at, Timestamp::from_secs(100));
+        assert_eq!((ma.summary.samples, ma.summary.ttft_ms_p50), (2, 85.0));
+        assert_eq!(m[&(b, "m".to_string())].summary.tps_p50, 1.09);
+        // An hour after b's only sample, b has no measurement and its window is dropped.
+        e.prune(Timestamp::from_secs(3_611));
+        let m = e.measurements(Timestamp::from_secs(3_611));
+        assert_eq!(m.keys().map(|(p, _)| *p).collect::<Vec<_>>(), [a]);
+        assert_eq!(e.windows.len(), 1);
+    }
 }

@@ -21,8 +21,8 @@ pub use fallback::{
     OverBudget, decide_and_spend, decide_fallback, decide_fallback_after_mesh_failure,
 };
 pub use gate::{
-    Candidate, EntryMeasurement, EntryMeasurements, Evaluation, Measured, MeasurementSource,
-    SlaConfig, SlaStatus, evaluate,
+    Candidate, EntryMeasurement, EntryMeasurements, EntrySamples, Evaluation, Measured,
+    MeasurementSource, SlaConfig, SlaStatus, evaluate,
 };
 pub use headers::response_headers;
 pub use share::{HourBucket, HourCounts, MeshShareCounters, ServedBy, ShareWindow};
