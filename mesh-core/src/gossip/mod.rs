@@ -1,1 +1,35 @@
-//! Gossip and membership (SPEC §2): signed announcements, anti-entropy, liveness, admission and the wire codec.
+//! Gossip and membership (SPEC §2): signed announcements, anti-entropy, liveness, admission and
+//! the wire codec.
+//!
+//! One sans-IO machine per node, [`State`], modelled on iroh-gossip's `proto`: the shell passes
+//! every input with `now` to [`State::handle`], performs the [`Output`]s it yields (send a
+//! message, dial an invite's address, probe a peer, disconnect, surface an event), and calls
+//! `handle(Input::Timeout, now)` when [`State::poll_timeout`] is due.
+//!
+//! The rules, each pinned by a test in `state.rs`:
+//! - every record is signed by its origin ([`sign`]); a relay forwards bytes verbatim; a record
+//!   that fails its signature is dropped, counted ([`Stats::bad_signature`]) and reported;
+//! - `seq` is one counter per origin, `max(previous + 1, now in ms)`, so a restarted node's
+//!   records are newer than anything it published before; content changes are announcements,
+//!   liveness refreshes between them are small heartbeats;
+//! - news (a newer record) is pushed at once to a few random live peers and forwarded by each
+//!   receiver that had not seen it (rumour mongering); every tick each node sends a digest
+//!   `(peer, seq)` to K random live peers, and the pair exchange whatever either lacks
+//!   (Scuttlebutt anti-entropy), which repairs what rumours missed;
+//! - a peer is alive while fresh seqs arrive (directly or relayed), stale after
+//!   [`Config::stale_after`] without one, removed after [`Config::remove_after`]; a signed
+//!   `Leaving` removes it at once; removal leaves a tombstone so older copies still circulating
+//!   don't resurrect it, while a genuinely newer seq does;
+//! - a `PeerDown` from a third party only triggers a direct probe; a failed probe marks the peer
+//!   unreachable from here (not dialable in the [`crate::MeshView`]) but never removes it;
+//! - only admitted peers are heard ([`admission`]).
+
+pub mod admission;
+pub mod sign;
+pub mod state;
+pub mod wire;
+
+pub use admission::{AdmissionError, AdmittedBy};
+pub use sign::{SecretKey, Signed, SignedAnnouncement};
+pub use state::{Config, Event, Input, Output, Removal, State, Stats};
+pub use wire::{DecodeError, Message};
