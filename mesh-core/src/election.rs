@@ -1,1 +1,0 @@
-//! Election (SPEC §3): who serves which model, solo or split, and which peer hosts a split.
