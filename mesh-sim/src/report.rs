@@ -1,0 +1,417 @@
+//! The run report (SPEC §10): plain data any engine fills, printed as an aligned text table or as
+//! JSON with a stable key order (struct field order, ordered maps, rounded figures), so the same
+//! scenario and seed give byte-identical output.
+
+use crate::profile::PlacementKind;
+use crate::scenario::{Behaviour, PeerRole};
+use mesh_core::Backend;
+use mesh_core::samples::Summary;
+use mesh_core::sla::Tier;
+use mesh_core::status::{NodeState, ServingMode};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub seed: u64,
+    pub duration_s: f64,
+    pub engine: String,
+    pub models: Vec<ModelReport>,
+    pub peers: Vec<PeerReport>,
+    /// Every chat of the run.
+    pub requests: RequestCounts,
+    /// Of the chats the entries served, the share the mesh served (rolling 24 h at the end).
+    pub mesh_share_pct: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelReport {
+    pub name: String,
+    pub size_gb: f64,
+    /// `solo | split | waiting`, at the end of the run.
+    pub plan: String,
+    /// Peer names serving it (the elected host first).
+    pub hosts: Vec<String>,
+    pub split_group: Option<SplitGroupReport>,
+    /// Per live peer that requested the model.
+    pub serving_mode: BTreeMap<String, ServingMode>,
+    /// The primary host's published window (the host with the most samples).
+    pub through_mesh: Option<Figures>,
+    /// The same host's native baseline.
+    pub native: Option<Figures>,
+    /// through tok/s ÷ native tok/s of that host; `null`: no measurement yet.
+    pub mesh_efficiency: Option<f64>,
+    /// through TTFT − native TTFT of that host.
+    pub ttft_overhead_ms: Option<f64>,
+    /// The entry's SLA gate at the end of the run.
+    pub sla: SlaReport,
+    pub requests: RequestCounts,
+    pub served_by_peer: BTreeMap<String, u64>,
+    pub by_host: Vec<HostReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SplitGroupReport {
+    pub host: String,
+    /// Host first.
+    pub members: Vec<String>,
+    pub total_group_vram_gb: f64,
+}
+
+/// One peer serving (or having served) the model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostReport {
+    pub peer: String,
+    /// `null` when it no longer serves it (crashed, left, re-planned).
+    pub serving_mode: Option<ServingMode>,
+    pub placement: PlacementKind,
+    /// What the peer publishes (its own through-mesh window).
+    pub through_mesh: Option<Figures>,
+    /// What the entry measured of the streams it proxied to this peer.
+    pub at_entry: Option<Figures>,
+    pub native: Option<Figures>,
+    pub mesh_efficiency: Option<f64>,
+    pub served: u64,
+}
+
+/// The p50s of a sample window and how many samples are behind them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Figures {
+    pub ttft_ms_p50: f64,
+    pub tps_p50: f64,
+    pub samples: u32,
+}
+
+impl Figures {
+    pub fn from_summary(s: Summary) -> Self {
+        Figures {
+            ttft_ms_p50: round(s.ttft_ms_p50, 1),
+            tps_p50: round(s.tps_p50, 2),
+            samples: s.samples,
+        }
+    }
+}
+
+/// `(efficiency, TTFT overhead)` of through-mesh against native figures.
+pub fn efficiency(through: Option<Figures>, native: Option<Figures>) -> (Option<f64>, Option<f64>) {
+    match (through, native) {
+        (Some(t), Some(n)) if n.tps_p50 > 0.0 => (
+            Some(round(t.tps_p50 / n.tps_p50, 3)),
+            Some(round(t.ttft_ms_p50 - n.ttft_ms_p50, 1)),
+        ),
+        _ => (None, None),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SlaReport {
+    pub tier: Tier,
+    /// `x-closedmesh-sla-status`.
+    pub status: String,
+    pub candidates: u32,
+    pub best_peer: Option<String>,
+    pub best_ttft_ms: Option<f64>,
+    pub best_tps: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RequestCounts {
+    pub sent: u64,
+    /// Served by the mesh to the last token.
+    pub mesh: u64,
+    /// Served by the external provider.
+    pub fallback: u64,
+    /// Why the rest ended without an answer (`reason_code`s), plus `in_flight_at_end`.
+    pub failed: BTreeMap<String, u64>,
+}
+
+impl RequestCounts {
+    pub fn add(&mut self, other: &RequestCounts) {
+        self.sent += other.sent;
+        self.mesh += other.mesh;
+        self.fallback += other.fallback;
+        for (k, v) in &other.failed {
+            *self.failed.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerReport {
+    pub name: String,
+    /// Short id as payloads show it.
+    pub id: String,
+    pub role: PeerRole,
+    pub backend: Backend,
+    pub behaviour: Behaviour,
+    /// `not_joined | up | crashed | left`.
+    pub state: String,
+    /// Reachable from the primary entry (false across a partition).
+    pub reachable: bool,
+    /// `client | standby | loading | serving` while up.
+    pub node_state: Option<NodeState>,
+    pub hosted_models: Vec<String>,
+    pub requests_served: u64,
+}
+
+/// Rounds to `decimals` places, so reports stay readable and byte-stable.
+pub fn round(v: f64, decimals: i32) -> f64 {
+    let f = 10f64.powi(decimals);
+    (v * f).round() / f
+}
+
+impl Report {
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("a report is plain data");
+        s.push('\n');
+        s
+    }
+
+    /// The human report: a header, the models table, the serving modes, the peers table.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "scenario {}  seed {}  duration {} s  engine {}",
+            self.scenario, self.seed, self.duration_s, self.engine
+        );
+        let r = &self.requests;
+        let _ = writeln!(
+            out,
+            "requests {} sent, {} by mesh, {} by fallback, {} failed{}  mesh share {}\n",
+            r.sent,
+            r.mesh,
+            r.fallback,
+            r.failed.values().sum::<u64>(),
+            failures(&r.failed),
+            self.mesh_share_pct
+                .map_or("-".into(), |p| format!("{p:.1} %")),
+        );
+
+        let mut rows = vec![row(&[
+            "MODEL",
+            "TIER",
+            "PLAN",
+            "HOSTS",
+            "TTFT p50",
+            "TOK/S p50",
+            "N",
+            "NATIVE TTFT",
+            "NATIVE TOK/S",
+            "EFF",
+            "SLA",
+        ])];
+        for m in &self.models {
+            let t = m.through_mesh;
+            let n = m.native;
+            rows.push(vec![
+                m.name.clone(),
+                m.sla.tier.to_string(),
+                m.plan.clone(),
+                if m.hosts.is_empty() {
+                    "-".into()
+                } else {
+                    m.hosts.join(",")
+                },
+                t.map_or("-".into(), |f| format!("{:.0} ms", f.ttft_ms_p50)),
+                t.map_or("-".into(), |f| format!("{:.2}", f.tps_p50)),
+                t.map_or("0".into(), |f| f.samples.to_string()),
+                n.map_or("-".into(), |f| format!("{:.0} ms", f.ttft_ms_p50)),
+                n.map_or("-".into(), |f| format!("{:.2}", f.tps_p50)),
+                m.mesh_efficiency.map_or("no measurement yet".into(), |e| {
+                    format!("{:.0} %", 100.0 * e)
+                }),
+                m.sla.status.clone(),
+            ]);
+        }
+        table(&mut out, &rows);
+
+        for m in &self.models {
+            let _ = writeln!(out, "\n{}", m.name);
+            if let Some(g) = &m.split_group {
+                let _ = writeln!(
+                    out,
+                    "  split group: host {}, members {}, {:.1} GB",
+                    g.host,
+                    g.members.join(","),
+                    g.total_group_vram_gb
+                );
+            }
+            let modes: Vec<String> = m
+                .serving_mode
+                .iter()
+                .map(|(p, mode)| format!("{p}={}", serving_mode(*mode)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  serving_mode: {}",
+                if modes.is_empty() {
+                    "-".into()
+                } else {
+                    modes.join(" ")
+                }
+            );
+            let _ = writeln!(
+                out,
+                "  requests: {} sent, {} by mesh, {} by fallback{}",
+                m.requests.sent,
+                m.requests.mesh,
+                m.requests.fallback,
+                failures(&m.requests.failed)
+            );
+            let served: Vec<String> = m
+                .served_by_peer
+                .iter()
+                .map(|(p, n)| format!("{p}={n}"))
+                .collect();
+            if !served.is_empty() {
+                let _ = writeln!(out, "  served by: {}", served.join(" "));
+            }
+            for h in &m.by_host {
+                let fig = |f: Option<Figures>| {
+                    f.map_or("-".to_string(), |f| {
+                        format!(
+                            "{:.0} ms / {:.2} tok/s (n={})",
+                            f.ttft_ms_p50, f.tps_p50, f.samples
+                        )
+                    })
+                };
+                let _ = writeln!(
+                    out,
+                    "  {}: {} {:?}, published {}, at entry {}, native {}",
+                    h.peer,
+                    h.serving_mode.map_or("stopped", serving_mode),
+                    h.placement,
+                    fig(h.through_mesh),
+                    fig(h.at_entry),
+                    fig(h.native),
+                );
+            }
+        }
+
+        let mut rows = vec![row(&[
+            "PEER",
+            "ID",
+            "ROLE",
+            "BACKEND",
+            "BEHAVIOUR",
+            "STATE",
+            "NODE STATE",
+            "HOSTED",
+            "SERVED",
+        ])];
+        for p in &self.peers {
+            rows.push(vec![
+                p.name.clone(),
+                p.id.clone(),
+                p.role.as_str().into(),
+                p.backend.to_string(),
+                p.behaviour.as_str().into(),
+                if p.reachable {
+                    p.state.clone()
+                } else {
+                    format!("{} (cut off)", p.state)
+                },
+                p.node_state.map_or("-".into(), node_state),
+                if p.hosted_models.is_empty() {
+                    "-".into()
+                } else {
+                    p.hosted_models.join(",")
+                },
+                p.requests_served.to_string(),
+            ]);
+        }
+        out.push('\n');
+        table(&mut out, &rows);
+        out
+    }
+}
+
+fn failures(failed: &BTreeMap<String, u64>) -> String {
+    if failed.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = failed.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!(" ({})", parts.join(" "))
+}
+
+fn serving_mode(m: ServingMode) -> &'static str {
+    match m {
+        ServingMode::Solo => "solo",
+        ServingMode::Waiting => "waiting",
+        ServingMode::SplitHost => "split_host",
+        ServingMode::SplitWorker => "split_worker",
+    }
+}
+
+fn node_state(s: NodeState) -> String {
+    match s {
+        NodeState::Client => "client",
+        NodeState::Standby => "standby",
+        NodeState::Loading => "loading",
+        NodeState::Serving => "serving",
+    }
+    .into()
+}
+
+fn row(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|c| c.to_string()).collect()
+}
+
+/// Left-aligned columns, two spaces apart, no trailing blanks.
+fn table(out: &mut String, rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let mut out = String::new();
+        table(
+            &mut out,
+            &[row(&["A", "BB", "C"]), row(&["long cell", "x", "y"])],
+        );
+        assert_eq!(out, "A          BB  C\nlong cell  x   y\n");
+    }
+
+    #[test]
+    fn efficiency_is_through_over_native_and_absent_without_a_baseline() {
+        let through = Figures {
+            ttft_ms_p50: 82.0,
+            tps_p50: 45.26,
+            samples: 10,
+        };
+        let native = Figures {
+            ttft_ms_p50: 49.0,
+            tps_p50: 77.8,
+            samples: 3,
+        };
+        assert_eq!(
+            efficiency(Some(through), Some(native)),
+            (Some(0.582), Some(33.0))
+        );
+        assert_eq!(efficiency(Some(through), None), (None, None));
+    }
+}
