@@ -29,6 +29,9 @@ pub mod sign;
 pub mod state;
 pub mod wire;
 
+#[cfg(test)]
+mod tests;
+
 pub use admission::{AdmissionError, AdmittedBy};
 pub use sign::{SecretKey, Signed, SignedAnnouncement};
 pub use state::{Config, Event, Input, Output, Removal, State, Stats};

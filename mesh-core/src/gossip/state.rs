@@ -75,7 +75,7 @@ pub enum Input {
     /// A message that arrived on a connection whose transport identity is `from`.
     Message { from: PeerId, message: Message },
     /// This node's own state changed. `peer_id`, `mesh_id` and `seq` are the machine's to set.
-    UpdateLocal(PeerAnnouncement),
+    UpdateLocal(Box<PeerAnnouncement>),
     /// Join the mesh through an invite: dial its inviter and present it.
     Join(Invite),
     /// The result of an [`Output::Probe`].
@@ -327,7 +327,7 @@ impl State {
         if !self.left {
             match input {
                 Input::Message { from, message } => self.on_message(from, message, now),
-                Input::UpdateLocal(a) => self.on_update_local(a, now),
+                Input::UpdateLocal(a) => self.on_update_local(*a, now),
                 Input::Join(inv) => self.on_join(inv, now),
                 Input::ProbeResult { peer, reachable } => self.on_probe_result(peer, reachable),
                 Input::ConnectionLost(peer) => self.probe(peer, now, true),
@@ -499,19 +499,19 @@ impl State {
             Ok(by) => {
                 self.stats.admitted += 1;
                 self.emit(Event::Admitted { peer: from, by });
+                let hello_seq = hello.announcement.value().seq;
                 let mut news = Records::default();
                 let mut wanted = Vec::new();
                 self.accept_announcement(from, hello.announcement, now, &mut news, &mut wanted);
                 if let Some(e) = self.peers.get_mut(&from) {
                     e.passive = hello.passive;
                 }
-                // Welcome: everything the newcomer may lack.
+                // Welcome: everything the newcomer may lack, including a newer record of itself
+                // than it presented (it restarted with a clock behind: it will jump past it).
                 let mut welcome = Records::default();
                 self.local_records_newer_than(0, &mut welcome);
                 for (id, e) in &self.peers {
-                    if *id != from {
-                        e.records_newer_than(0, &mut welcome);
-                    }
+                    e.records_newer_than(if *id == from { hello_seq } else { 0 }, &mut welcome);
                 }
                 welcome
                     .revocations
@@ -1091,7 +1091,7 @@ impl State {
 
     /// Someone holds a record of ours at least as new as our own seq (we restarted with a clock
     /// behind our old one): jump past it and republish, so the mesh takes our current state.
-    fn refute(&mut self, _from: PeerId, seq: u64, valid: impl FnOnce() -> bool, now: Timestamp) {
+    fn refute(&mut self, from: PeerId, seq: u64, valid: impl FnOnce() -> bool, now: Timestamp) {
         if seq < self.seq || !valid() {
             return;
         }
@@ -1106,7 +1106,9 @@ impl State {
             announcements: vec![self.local.clone()],
             ..Records::default()
         };
-        self.push_rumor(news, self.config.rumor_fanout, &[]);
+        // The holder of the old record may be the only peer we know yet.
+        self.send_records(from, news.clone(), false);
+        self.push_rumor(news, self.config.rumor_fanout, &[from]);
     }
 
     // ---- helpers ----

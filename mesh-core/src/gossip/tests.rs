@@ -1,0 +1,1404 @@
+//! The gossip machine's rules, one test each, with explicit `now`. Nodes are driven through the
+//! public API only; `Net` delivers their messages instantly (or drops the ones a test chooses).
+
+use super::sign::{Heartbeat, SecretKey, Signed, SignedAnnouncement};
+use super::state::{Config, Event, Input, Output, Removal, State};
+use super::wire::{Digest, Hello, Message, Records};
+use super::{AdmissionError, AdmittedBy};
+use crate::id::PeerId;
+use crate::invite::{self, InviteError};
+use crate::peer::{PeerAnnouncement, Role};
+use crate::time::Timestamp;
+use rand_core::SeedableRng;
+use rand_pcg::Pcg64;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+const MESH: &str = "mesh-a";
+const T0: Timestamp = Timestamp::from_secs(10_000);
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn key(n: u64) -> SecretKey {
+    SecretKey::generate(&mut Pcg64::seed_from_u64(1000 + n))
+}
+
+fn node(n: u64, config: Config, now: Timestamp) -> State {
+    let k = key(n);
+    let ann = PeerAnnouncement::new(k.peer_id(), MESH, Role::Worker);
+    State::new(k, ann, config, Pcg64::seed_from_u64(n), now)
+}
+
+#[derive(Default)]
+struct Net {
+    nodes: BTreeMap<PeerId, State>,
+    queue: VecDeque<(PeerId, PeerId, Message)>,
+    events: Vec<(PeerId, Event)>,
+    probes: Vec<(PeerId, PeerId)>,
+    dials: Vec<(PeerId, PeerId)>,
+    disconnects: Vec<(PeerId, PeerId)>,
+}
+
+impl Net {
+    fn add(&mut self, s: State) -> PeerId {
+        let id = s.me();
+        self.nodes.insert(id, s);
+        id
+    }
+
+    fn input(&mut self, at: PeerId, input: Input, now: Timestamp) {
+        let outs: Vec<Output> = self
+            .nodes
+            .get_mut(&at)
+            .unwrap()
+            .handle(input, now)
+            .collect();
+        self.absorb(at, outs);
+    }
+
+    fn absorb(&mut self, at: PeerId, outs: Vec<Output>) {
+        for o in outs {
+            match o {
+                Output::SendMessage { to, message } => self.queue.push_back((at, to, message)),
+                Output::Event(e) => self.events.push((at, e)),
+                Output::Probe(p) => self.probes.push((at, p)),
+                Output::Dial { peer, .. } => self.dials.push((at, peer)),
+                Output::Disconnect(p) => self.disconnects.push((at, p)),
+            }
+        }
+    }
+
+    /// Delivers queued messages (and what they cause) until none is left, dropping those `keep`
+    /// rejects.
+    fn settle_with(
+        &mut self,
+        now: Timestamp,
+        mut keep: impl FnMut(PeerId, PeerId, &Message) -> bool,
+    ) {
+        while let Some((from, to, message)) = self.queue.pop_front() {
+            if !keep(from, to, &message) || !self.nodes.contains_key(&to) {
+                continue;
+            }
+            self.input(to, Input::Message { from, message }, now);
+        }
+    }
+
+    fn settle(&mut self, now: Timestamp) {
+        self.settle_with(now, |_, _, _| true);
+    }
+
+    fn node(&self, id: PeerId) -> &State {
+        &self.nodes[&id]
+    }
+
+    fn take_events(&mut self, at: PeerId) -> Vec<Event> {
+        let (mine, rest) = std::mem::take(&mut self.events)
+            .into_iter()
+            .partition(|(p, _)| *p == at);
+        self.events = rest;
+        mine.into_iter().map(|(_, e)| e).collect()
+    }
+
+    fn sent_by(&self, at: PeerId) -> Vec<(PeerId, &Message)> {
+        self.queue
+            .iter()
+            .filter(|(f, _, _)| *f == at)
+            .map(|(_, t, m)| (*t, m))
+            .collect()
+    }
+}
+
+/// Node 0 founds; nodes 1..n join through an invite node 0 minted. Everyone ends up knowing
+/// everyone (fanout ≥ n).
+fn mesh(n: u64, config: Config) -> (Net, Vec<PeerId>) {
+    let mut net = Net::default();
+    let founder = net.add(node(0, config.clone(), T0));
+    let inv = net.nodes.get_mut(&founder).unwrap().mint_invite(
+        b"founder-addr".to_vec(),
+        invite::DEFAULT_TTL,
+        T0,
+    );
+    let mut ids = vec![founder];
+    for i in 1..n {
+        let id = net.add(node(i, config.clone(), T0));
+        net.input(id, Input::Join(inv.clone()), T0);
+        net.settle(T0);
+        ids.push(id);
+    }
+    for &a in &ids {
+        for &b in &ids {
+            assert!(
+                a == b || net.node(a).peer(&b).is_some(),
+                "setup: everyone knows everyone"
+            );
+        }
+    }
+    net.events.clear();
+    net.dials.clear();
+    (net, ids)
+}
+
+fn timeout(net: &mut Net, at: PeerId, now: Timestamp) {
+    net.input(at, Input::Timeout, now);
+}
+
+// ---- liveness timers ----
+
+#[test]
+fn peer_turns_stale_exactly_stale_after_without_a_fresh_seq() {
+    let (mut net, ids) = mesh(2, Config::default());
+    let (a, b) = (ids[0], ids[1]);
+    let just_before = T0 + secs(180) - Duration::from_micros(1);
+    timeout(&mut net, a, just_before);
+    assert!(!net.node(a).peer(&b).unwrap().stale);
+    assert!(
+        net.take_events(a)
+            .iter()
+            .all(|e| !matches!(e, Event::PeerStale(_)))
+    );
+
+    timeout(&mut net, a, T0 + secs(180));
+    assert!(net.node(a).peer(&b).unwrap().stale);
+    assert!(net.take_events(a).contains(&Event::PeerStale(b)));
+    let view = net.node(a).view(|_| Some(10));
+    assert!(view.get(&b).is_none(), "a stale peer is out of the view");
+}
+
+#[test]
+fn stale_peer_is_removed_at_twice_the_stale_time() {
+    let (mut net, ids) = mesh(2, Config::default());
+    let (a, b) = (ids[0], ids[1]);
+    timeout(&mut net, a, T0 + secs(180));
+    timeout(&mut net, a, T0 + secs(360) - Duration::from_micros(1));
+    assert!(net.node(a).peer(&b).is_some());
+    timeout(&mut net, a, T0 + secs(360));
+    assert!(net.node(a).peer(&b).is_none());
+    assert!(net.take_events(a).contains(&Event::PeerRemoved {
+        peer: b,
+        reason: Removal::Timeout
+    }));
+}
+
+#[test]
+fn a_shell_that_sleeps_until_poll_timeout_sees_stale_and_removal_on_time() {
+    let (mut net, ids) = mesh(2, Config::default());
+    let (a, b) = (ids[0], ids[1]);
+    let mut wakes = Vec::new();
+    while let Some(t) = net.node(a).poll_timeout().filter(|&t| t <= T0 + secs(400)) {
+        wakes.push(t);
+        timeout(&mut net, a, t);
+        for e in net.take_events(a) {
+            match e {
+                Event::PeerStale(p) => assert_eq!((p, t), (b, T0 + secs(180))),
+                Event::PeerRemoved { peer, .. } => assert_eq!((peer, t), (b, T0 + secs(360))),
+                _ => {}
+            }
+        }
+        net.queue.clear();
+    }
+    assert!(wakes.contains(&(T0 + secs(180))) && wakes.contains(&(T0 + secs(360))));
+    assert!(net.node(a).peer(&b).is_none());
+    assert!(
+        wakes.windows(2).all(|w| w[0] < w[1]),
+        "time only moves forward: {wakes:?}"
+    );
+}
+
+#[test]
+fn relayed_heartbeat_keeps_a_peer_alive_that_cannot_reach_us_directly() {
+    // B sits behind a one-way NAT: nothing from B reaches A directly, only via C.
+    let (mut net, ids) = mesh(3, Config::default());
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    let mut now = T0;
+    for _ in 0..5 {
+        now = now + secs(60);
+        for p in [b, c, a] {
+            timeout(&mut net, p, now);
+        }
+        net.settle_with(now, |from, to, _| !(from == b && to == a));
+    }
+    let info = net.node(a).peer(&b).unwrap();
+    assert!(
+        !info.stale,
+        "fresh seqs relayed by {c} keep {b} alive at {a}"
+    );
+    assert!(info.last_fresh > T0 + secs(180));
+    assert!(net.node(a).view(|_| Some(5)).get(&b).is_some());
+}
+
+#[test]
+fn fresh_seq_revives_a_stale_peer() {
+    let (mut net, ids) = mesh(2, Config::default());
+    let (a, b) = (ids[0], ids[1]);
+    timeout(&mut net, a, T0 + secs(200));
+    assert!(net.node(a).peer(&b).unwrap().stale);
+    net.take_events(a);
+    // B's heartbeat finally gets through.
+    timeout(&mut net, b, T0 + secs(200));
+    net.settle_with(T0 + secs(200), |from, to, _| from == b && to == a);
+    assert!(!net.node(a).peer(&b).unwrap().stale);
+    assert!(net.take_events(a).contains(&Event::PeerUp(b)));
+    // And the stale clock restarts from the fresh seq.
+    timeout(&mut net, a, T0 + secs(379));
+    assert!(!net.node(a).peer(&b).unwrap().stale);
+}
+
+#[test]
+fn origin_bumps_seq_every_heartbeat_and_a_content_change_restarts_the_interval() {
+    let (mut net, ids) = mesh(3, Config::default());
+    let a = ids[0];
+    let seq0 = net.node(a).seq();
+    timeout(&mut net, a, T0 + secs(59));
+    assert_eq!(net.node(a).seq(), seq0, "no heartbeat before the interval");
+    timeout(&mut net, a, T0 + secs(60));
+    let seq1 = net.node(a).seq();
+    assert!(seq1 > seq0);
+    let hbs: Vec<_> = net
+        .sent_by(a)
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            Message::Rumor(r) if !r.heartbeats.is_empty() => Some(r.heartbeats[0].value().clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(hbs.len(), 2, "pushed to heartbeat_fanout peers");
+    assert_eq!(hbs[0].seq, seq1);
+    assert_eq!(
+        hbs[0].content_seq, seq0,
+        "content unchanged since the first announcement"
+    );
+    net.queue.clear();
+
+    // A content change at +90 s: the next heartbeat is due at +150 s, not +120 s.
+    let mut changed = net.node(a).local().value().clone();
+    changed.inflight_requests = 3;
+    net.input(a, Input::UpdateLocal(Box::new(changed)), T0 + secs(90));
+    assert_eq!(
+        net.node(a).poll_timeout().map(|t| t <= T0 + secs(150)),
+        Some(true)
+    );
+    let seq2 = net.node(a).seq();
+    timeout(&mut net, a, T0 + secs(149));
+    assert_eq!(net.node(a).seq(), seq2);
+    timeout(&mut net, a, T0 + secs(150));
+    assert!(net.node(a).seq() > seq2);
+}
+
+#[test]
+fn seq_is_wall_clock_millis_or_one_more_than_the_last() {
+    let (mut net, ids) = mesh(2, Config::default());
+    let a = ids[0];
+    assert_eq!(net.node(a).seq(), T0.as_millis());
+    let mut changed = net.node(a).local().value().clone();
+    changed.hostname = "x".into();
+    net.input(a, Input::UpdateLocal(Box::new(changed.clone())), T0);
+    assert_eq!(
+        net.node(a).seq(),
+        T0.as_millis() + 1,
+        "same millisecond: +1"
+    );
+    changed.hostname = "y".into();
+    net.input(a, Input::UpdateLocal(Box::new(changed)), T0 + secs(5));
+    assert_eq!(net.node(a).seq(), (T0 + secs(5)).as_millis());
+}
+
+#[test]
+fn tick_sends_a_digest_to_k_distinct_live_peers_and_reschedules() {
+    let config = Config {
+        heartbeat_interval: secs(3600),
+        ..Config::default()
+    };
+    let (mut net, ids) = mesh(8, config);
+    let a = ids[0];
+    net.queue.clear();
+    let first = net.node(a).poll_timeout().unwrap();
+    assert!(
+        first < T0 + secs(60),
+        "first tick is jittered within one interval"
+    );
+    timeout(&mut net, a, first);
+    let targets: BTreeSet<PeerId> = net
+        .sent_by(a)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, Message::Digest(_)))
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(targets.len(), 5);
+    assert!(!targets.contains(&a));
+    assert_eq!(net.node(a).poll_timeout(), Some(first + secs(60)));
+    let Some((_, Message::Digest(d))) = net.sent_by(a).into_iter().next() else {
+        panic!("digest first");
+    };
+    assert_eq!(d.entries.len(), 8, "itself and seven peers");
+    assert!(d.entries.contains(&(a, net.node(a).seq())));
+}
+
+#[test]
+fn stale_peers_are_not_gossip_targets() {
+    let config = Config {
+        heartbeat_interval: secs(3600),
+        anti_entropy_peers: 10,
+        ..Config::default()
+    };
+    let (mut net, ids) = mesh(4, config);
+    let (a, b) = (ids[0], ids[1]);
+    // Everyone but B stays fresh.
+    for &p in &ids[2..] {
+        let mut changed = net.node(p).local().value().clone();
+        changed.hostname = "fresh".into();
+        net.input(p, Input::UpdateLocal(Box::new(changed)), T0 + secs(170));
+    }
+    net.settle(T0 + secs(170));
+    net.queue.clear();
+    let mut now = T0 + secs(180);
+    timeout(&mut net, a, now);
+    assert!(net.node(a).peer(&b).unwrap().stale);
+    while net
+        .sent_by(a)
+        .iter()
+        .all(|(_, m)| !matches!(m, Message::Digest(_)))
+    {
+        now = net.node(a).poll_timeout().unwrap();
+        timeout(&mut net, a, now);
+    }
+    let targets: BTreeSet<PeerId> = net
+        .sent_by(a)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, Message::Digest(_)))
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(targets, ids[2..].iter().copied().collect());
+}
+
+// ---- leaving, tombstones ----
+
+#[test]
+fn signed_leaving_removes_the_peer_at_once_everywhere() {
+    let (mut net, ids) = mesh(4, Config::default());
+    let b = ids[1];
+    net.input(b, Input::Leave, T0 + secs(1));
+    net.settle(T0 + secs(1));
+    for &p in ids.iter().filter(|&&p| p != b) {
+        assert!(net.node(p).peer(&b).is_none(), "{p} dropped {b}");
+        assert!(net.take_events(p).contains(&Event::PeerRemoved {
+            peer: b,
+            reason: Removal::Left
+        }));
+    }
+    assert_eq!(
+        net.node(b).poll_timeout(),
+        None,
+        "a node that left is quiet"
+    );
+}
+
+#[test]
+fn stale_relayed_copy_does_not_resurrect_a_removed_peer_but_its_comeback_does() {
+    let (mut net, ids) = mesh(3, Config::default());
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    let old_copy = net.node(c).announcement(&b).unwrap().clone();
+    // B crashes; A removes it.
+    timeout(&mut net, a, T0 + secs(360));
+    assert!(net.node(a).peer(&b).is_none());
+    net.queue.clear();
+    // C, which hasn't removed B yet, relays its old copy.
+    let relayed = Records {
+        announcements: vec![old_copy.clone()],
+        ..Records::default()
+    };
+    net.input(
+        a,
+        Input::Message {
+            from: c,
+            message: Message::Records(relayed.clone()),
+        },
+        T0 + secs(361),
+    );
+    net.input(
+        a,
+        Input::Message {
+            from: c,
+            message: Message::Rumor(relayed),
+        },
+        T0 + secs(362),
+    );
+    assert!(net.node(a).peer(&b).is_none());
+    assert_eq!(net.node(a).stats().tombstoned, 2);
+
+    // B restarts (same key, fresh state): its seq is newer than anything it published before.
+    let back = node(1, Config::default(), T0 + secs(400));
+    assert!(back.seq() > old_copy.value().seq);
+    let comeback = back.local().clone();
+    net.nodes.insert(b, back);
+    let news = Records {
+        announcements: vec![comeback],
+        ..Records::default()
+    };
+    net.input(
+        a,
+        Input::Message {
+            from: c,
+            message: Message::Rumor(news),
+        },
+        T0 + secs(400),
+    );
+    assert!(net.node(a).peer(&b).is_some());
+    assert!(net.take_events(a).contains(&Event::PeerUp(b)));
+}
+
+#[test]
+fn tombstone_stops_blocking_old_copies_after_its_ttl() {
+    let config = Config::default();
+    let ttl = config.tombstone_ttl;
+    let (mut net, ids) = mesh(3, config);
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    let old_copy = net.node(c).announcement(&b).unwrap().clone();
+    timeout(&mut net, a, T0 + secs(360));
+    let removed_at = T0 + secs(360);
+    let msg = || {
+        Message::Records(Records {
+            announcements: vec![old_copy.clone()],
+            ..Records::default()
+        })
+    };
+    net.input(
+        a,
+        Input::Message {
+            from: c,
+            message: msg(),
+        },
+        removed_at + ttl - Duration::from_micros(1),
+    );
+    assert!(net.node(a).peer(&b).is_none());
+    net.input(
+        a,
+        Input::Message {
+            from: c,
+            message: msg(),
+        },
+        removed_at + ttl,
+    );
+    assert!(
+        net.node(a).peer(&b).is_some(),
+        "after the TTL the tombstone is gone"
+    );
+}
+
+#[test]
+fn leaving_older_than_a_comeback_is_ignored() {
+    let (mut net, ids) = mesh(3, Config::default());
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    net.input(b, Input::Leave, T0 + secs(1));
+    let (_, _, leave_msg) = net.queue.iter().find(|(f, _, _)| *f == b).unwrap().clone();
+    net.queue.clear();
+    // B comes back before A heard it leave; the late leaving must not remove the new B.
+    let back = node(1, Config::default(), T0 + secs(2));
+    let hello_ann = back.local().clone();
+    net.nodes.insert(b, back);
+    net.input(
+        a,
+        Input::Message {
+            from: c,
+            message: Message::Rumor(Records {
+                announcements: vec![hello_ann],
+                ..Records::default()
+            }),
+        },
+        T0 + secs(2),
+    );
+    net.input(
+        a,
+        Input::Message {
+            from: c,
+            message: leave_msg,
+        },
+        T0 + secs(3),
+    );
+    assert!(net.node(a).peer(&b).is_some());
+}
+
+// ---- PeerDown and probes ----
+
+#[test]
+fn peer_down_from_a_third_party_only_triggers_one_direct_probe() {
+    let (mut net, ids) = mesh(3, Config::default());
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    for i in 0..3 {
+        net.input(
+            a,
+            Input::Message {
+                from: c,
+                message: Message::PeerDown(b),
+            },
+            T0 + secs(i),
+        );
+    }
+    assert_eq!(net.probes, vec![(a, b)], "one probe while one is pending");
+    assert!(net.node(a).peer(&b).is_some(), "a hint never removes");
+    assert!(!net.node(a).peer(&b).unwrap().unreachable);
+
+    // The probe answered: nothing changes.
+    net.input(
+        a,
+        Input::ProbeResult {
+            peer: b,
+            reachable: true,
+        },
+        T0 + secs(3),
+    );
+    assert!(!net.node(a).peer(&b).unwrap().unreachable);
+}
+
+#[test]
+fn probe_without_a_result_stops_blocking_new_probes_after_the_probe_timeout() {
+    let config = Config::default();
+    let pt = config.probe_timeout;
+    let (mut net, ids) = mesh(3, config);
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    net.input(
+        a,
+        Input::Message {
+            from: c,
+            message: Message::PeerDown(b),
+        },
+        T0,
+    );
+    assert_eq!(net.node(a).poll_timeout().map(|t| t <= T0 + pt), Some(true));
+    timeout(&mut net, a, T0 + pt);
+    net.input(
+        a,
+        Input::Message {
+            from: c,
+            message: Message::PeerDown(b),
+        },
+        T0 + pt,
+    );
+    assert_eq!(net.probes, vec![(a, b), (a, b)]);
+}
+
+#[test]
+fn failed_probe_makes_the_peer_undialable_and_spreads_the_hint_but_keeps_it() {
+    let (mut net, ids) = mesh(4, Config::default());
+    let (a, b) = (ids[0], ids[1]);
+    net.input(a, Input::ConnectionLost(b), T0 + secs(1));
+    assert_eq!(net.probes, vec![(a, b)]);
+    net.queue.clear();
+    net.input(
+        a,
+        Input::ProbeResult {
+            peer: b,
+            reachable: false,
+        },
+        T0 + secs(2),
+    );
+    assert!(net.take_events(a).contains(&Event::PeerUnreachable(b)));
+    let info = net.node(a).peer(&b).unwrap();
+    assert!(info.unreachable && !info.stale);
+    let view = net.node(a).view(|_| Some(12));
+    assert_eq!(view.get(&b).unwrap().rtt_ms, None, "not dialable from here");
+    // Others are asked to check for themselves (never B itself).
+    let hinted: BTreeSet<_> = net
+        .sent_by(a)
+        .into_iter()
+        .filter(|(_, m)| **m == Message::PeerDown(b))
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(hinted, [ids[2], ids[3]].into());
+    net.settle_with(T0 + secs(2), |_, to, _| to != b);
+    let probed: BTreeSet<_> = net
+        .probes
+        .iter()
+        .filter(|(_, p)| *p == b)
+        .map(|(at, _)| *at)
+        .collect();
+    assert_eq!(probed, [a, ids[2], ids[3]].into());
+
+    // B speaks to A directly again: reachable.
+    let mut changed = net.node(b).local().value().clone();
+    changed.hostname = "back".into();
+    net.input(b, Input::UpdateLocal(Box::new(changed)), T0 + secs(3));
+    net.settle_with(T0 + secs(3), |from, to, _| from == b && to == a);
+    assert!(!net.node(a).peer(&b).unwrap().unreachable);
+    assert!(net.take_events(a).contains(&Event::PeerReachable(b)));
+}
+
+#[test]
+fn peer_down_about_ourselves_is_answered_with_proof_of_life() {
+    let (mut net, ids) = mesh(2, Config::default());
+    let (a, b) = (ids[0], ids[1]);
+    net.input(
+        b,
+        Input::Message {
+            from: a,
+            message: Message::PeerDown(b),
+        },
+        T0 + secs(1),
+    );
+    assert!(net.probes.is_empty());
+    let replies = net.sent_by(b);
+    assert!(
+        matches!(replies.as_slice(), [(to, Message::Records(r))] if *to == a && !r.announcements.is_empty())
+    );
+}
+
+// ---- signatures ----
+
+fn tampered(
+    orig: &SignedAnnouncement,
+    f: impl FnOnce(&mut PeerAnnouncement),
+) -> SignedAnnouncement {
+    let mut v = orig.value().clone();
+    f(&mut v);
+    SignedAnnouncement::from_parts(postcard::to_allocvec(&v).unwrap(), *orig.signature()).unwrap()
+}
+
+#[test]
+fn relayed_announcement_altered_in_transit_is_rejected_and_counted() {
+    let (mut net, ids) = mesh(3, Config::default());
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    let mut changed = net.node(b).local().value().clone();
+    changed.fast_memory_bytes = 8_000_000_000;
+    net.input(b, Input::UpdateLocal(Box::new(changed)), T0 + secs(1));
+    let genuine = net.node(b).local().clone();
+    net.queue.clear();
+    // C relays it with inflated memory (the original let relays forge metrics).
+    let forged = tampered(&genuine, |a| a.fast_memory_bytes = 80_000_000_000);
+    net.input(
+        a,
+        Input::Message {
+            from: c,
+            message: Message::Rumor(Records {
+                announcements: vec![forged],
+                ..Records::default()
+            }),
+        },
+        T0 + secs(1),
+    );
+    assert_eq!(net.node(a).stats().bad_signature, 1);
+    assert!(
+        net.take_events(a)
+            .contains(&Event::Rejected { from: c, origin: b })
+    );
+    assert_ne!(
+        net.node(a)
+            .announcement(&b)
+            .unwrap()
+            .value()
+            .fast_memory_bytes,
+        80_000_000_000
+    );
+    assert!(net.queue.is_empty(), "a rejected record is not forwarded");
+    // The genuine one still gets in afterwards.
+    net.input(
+        a,
+        Input::Message {
+            from: c,
+            message: Message::Rumor(Records {
+                announcements: vec![genuine],
+                ..Records::default()
+            }),
+        },
+        T0 + secs(1),
+    );
+    assert_eq!(
+        net.node(a)
+            .announcement(&b)
+            .unwrap()
+            .value()
+            .fast_memory_bytes,
+        8_000_000_000
+    );
+}
+
+#[test]
+fn announcement_forged_in_another_peers_name_is_rejected() {
+    let (mut net, ids) = mesh(3, Config::default());
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    let mut fake = net.node(b).local().value().clone();
+    fake.seq += 1_000;
+    fake.hosted_models = vec!["Qwen3-8B-Q4_K_M".into()];
+    let forged = Signed::sign(&key(2), fake); // C's key, B's name
+    net.input(
+        a,
+        Input::Message {
+            from: c,
+            message: Message::Records(Records {
+                announcements: vec![forged],
+                ..Records::default()
+            }),
+        },
+        T0 + secs(1),
+    );
+    assert_eq!(net.node(a).stats().bad_signature, 1);
+    assert!(
+        net.node(a)
+            .announcement(&b)
+            .unwrap()
+            .value()
+            .hosted_models
+            .is_empty()
+    );
+}
+
+#[test]
+fn forged_heartbeat_does_not_keep_a_dead_peer_alive() {
+    let (mut net, ids) = mesh(3, Config::default());
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    let hb = Signed::sign(
+        &key(2),
+        Heartbeat {
+            peer: b,
+            mesh_id: MESH.into(),
+            seq: u64::MAX / 2,
+            content_seq: net.node(b).seq(),
+        },
+    );
+    net.input(
+        a,
+        Input::Message {
+            from: c,
+            message: Message::Rumor(Records {
+                heartbeats: vec![hb],
+                ..Records::default()
+            }),
+        },
+        T0 + secs(179),
+    );
+    timeout(&mut net, a, T0 + secs(180));
+    assert!(net.node(a).peer(&b).unwrap().stale);
+    assert_eq!(net.node(a).stats().bad_signature, 1);
+}
+
+#[test]
+fn announcement_for_another_mesh_is_dropped() {
+    let (mut net, ids) = mesh(2, Config::default());
+    let (a, b) = (ids[0], ids[1]);
+    let k = key(9);
+    let other = Signed::sign(
+        &k,
+        PeerAnnouncement::new(k.peer_id(), "mesh-b", Role::Worker),
+    );
+    net.input(
+        a,
+        Input::Message {
+            from: b,
+            message: Message::Records(Records {
+                announcements: vec![other],
+                ..Records::default()
+            }),
+        },
+        T0,
+    );
+    assert_eq!(net.node(a).stats().wrong_mesh, 1);
+    assert!(net.node(a).peer(&k.peer_id()).is_none());
+}
+
+#[test]
+fn node_restarted_with_a_clock_behind_its_old_seq_jumps_past_it() {
+    let (mut net, ids) = mesh(2, Config::default());
+    let (a, b) = (ids[0], ids[1]);
+    let mut changed = net.node(b).local().value().clone();
+    changed.hostname = "before".into();
+    net.input(b, Input::UpdateLocal(Box::new(changed)), T0 + secs(100));
+    net.settle(T0 + secs(100));
+    let old_seq = net.node(a).peer(&b).unwrap().seq;
+    // B restarts with its clock 50 s behind and joins again.
+    let restarted = node(1, Config::default(), T0 + secs(50));
+    assert!(restarted.seq() < old_seq);
+    net.nodes.insert(b, restarted);
+    let inv = net
+        .nodes
+        .get_mut(&a)
+        .unwrap()
+        .mint_invite(vec![], invite::DEFAULT_TTL, T0);
+    net.input(b, Input::Join(inv), T0 + secs(51));
+    net.settle(T0 + secs(51));
+    assert!(net.node(b).seq() > old_seq);
+    assert_eq!(net.node(a).peer(&b).unwrap().seq, net.node(b).seq());
+}
+
+// ---- push, rumours, anti-entropy ----
+
+#[test]
+fn local_change_is_pushed_at_once_and_an_unchanged_one_is_not() {
+    let (mut net, ids) = mesh(8, Config::default());
+    let a = ids[0];
+    net.queue.clear();
+    let same = net.node(a).local().value().clone();
+    net.input(a, Input::UpdateLocal(Box::new(same.clone())), T0 + secs(1));
+    assert!(net.queue.is_empty());
+    let mut changed = same;
+    changed.hosted_models = vec!["Qwen3-8B-Q4_K_M".into()];
+    net.input(a, Input::UpdateLocal(Box::new(changed)), T0 + secs(1));
+    let pushed: BTreeSet<_> = net
+        .sent_by(a)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, Message::Rumor(r) if r.announcements.len() == 1))
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(pushed.len(), 6, "rumor_fanout distinct peers");
+}
+
+#[test]
+fn rumour_is_forwarded_once_on_first_receipt_and_replies_are_not_forwarded() {
+    let (mut net, ids) = mesh(5, Config::default());
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    let mut changed = net.node(b).local().value().clone();
+    changed.hostname = "news".into();
+    net.input(b, Input::UpdateLocal(Box::new(changed)), T0 + secs(1));
+    let news = net.node(b).local().clone();
+    net.queue.clear();
+    let dups = net.node(a).stats().duplicates;
+    let rumor = Message::Rumor(Records {
+        announcements: vec![news.clone()],
+        ..Records::default()
+    });
+    net.input(
+        a,
+        Input::Message {
+            from: c,
+            message: rumor.clone(),
+        },
+        T0 + secs(1),
+    );
+    let forwarded: BTreeSet<_> = net.sent_by(a).into_iter().map(|(to, _)| to).collect();
+    assert_eq!(
+        forwarded,
+        [ids[3], ids[4]].into(),
+        "never back to the sender or the origin"
+    );
+    net.queue.clear();
+    net.input(
+        a,
+        Input::Message {
+            from: ids[3],
+            message: rumor,
+        },
+        T0 + secs(1),
+    );
+    assert!(net.queue.is_empty(), "a duplicate is not forwarded again");
+    assert_eq!(net.node(a).stats().duplicates, dups + 1);
+
+    // Newer news arriving as an anti-entropy reply is taken but not forwarded.
+    let mut changed = net.node(b).local().value().clone();
+    changed.hostname = "newer".into();
+    net.input(b, Input::UpdateLocal(Box::new(changed)), T0 + secs(2));
+    let newer = net.node(b).local().clone();
+    net.queue.clear();
+    net.input(
+        a,
+        Input::Message {
+            from: c,
+            message: Message::Records(Records {
+                announcements: vec![newer],
+                ..Records::default()
+            }),
+        },
+        T0 + secs(2),
+    );
+    assert_eq!(
+        net.node(a).announcement(&b).unwrap().value().hostname,
+        "newer"
+    );
+    assert!(net.queue.is_empty());
+}
+
+#[test]
+fn digest_exchange_pushes_what_the_other_lacks_and_pulls_what_it_has_newer() {
+    let (mut net, ids) = mesh(4, Config::default());
+    let (a, b, c, d) = (ids[0], ids[1], ids[2], ids[3]);
+    // C changes; only B hears of it. D changes; only A hears of it.
+    for (origin, hearer) in [(c, b), (d, a)] {
+        let mut changed = net.node(origin).local().value().clone();
+        changed.hostname = format!("changed-{origin}");
+        net.input(origin, Input::UpdateLocal(Box::new(changed)), T0 + secs(1));
+        net.settle_with(T0 + secs(1), |from, to, _| from == origin && to == hearer);
+    }
+    // One anti-entropy exchange A → B repairs both sides.
+    let digest = |s: &State| {
+        Message::Digest(Digest {
+            entries: std::iter::once((s.me(), s.seq()))
+                .chain(s.peer_ids().map(|p| (p, s.peer(&p).unwrap().seq)))
+                .collect(),
+            revocations: vec![],
+            passive: false,
+        })
+    };
+    let m = digest(net.node(a));
+    net.input(
+        b,
+        Input::Message {
+            from: a,
+            message: m,
+        },
+        T0 + secs(2),
+    );
+    net.settle_with(T0 + secs(2), |from, to, _| {
+        (from, to) == (a, b) || (from, to) == (b, a)
+    });
+    for s in [a, b] {
+        assert_eq!(
+            net.node(s).announcement(&c).unwrap().value().hostname,
+            format!("changed-{c}")
+        );
+        assert_eq!(
+            net.node(s).announcement(&d).unwrap().value().hostname,
+            format!("changed-{d}")
+        );
+    }
+}
+
+#[test]
+fn heartbeat_naming_content_we_lack_pulls_it_from_the_relay() {
+    let (mut net, ids) = mesh(3, Config::default());
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    let mut changed = net.node(b).local().value().clone();
+    changed.hostname = "missed".into();
+    net.input(b, Input::UpdateLocal(Box::new(changed)), T0 + secs(1));
+    net.settle_with(T0 + secs(1), |_, to, _| to == c); // A misses the content
+    timeout(&mut net, b, T0 + secs(61)); // heartbeat, relayed to A only through C
+    net.settle_with(T0 + secs(61), |from, to, _| !(from == b && to == a));
+    assert_eq!(
+        net.node(a).announcement(&b).unwrap().value().hostname,
+        "missed"
+    );
+}
+
+// ---- passive members ----
+
+#[test]
+fn passive_member_pulls_but_never_relays_and_is_never_a_target() {
+    let config = Config::default();
+    let (mut net, ids) = mesh(3, config.clone());
+    let (a, b) = (ids[0], ids[1]);
+    let entry_cfg = Config {
+        passive: true,
+        ..config
+    };
+    let mut entry = node(50, entry_cfg, T0);
+    let inv = net
+        .nodes
+        .get_mut(&a)
+        .unwrap()
+        .mint_invite(vec![], invite::DEFAULT_TTL, T0);
+    let e = entry.me();
+    let outs: Vec<_> = entry.handle(Input::Join(inv), T0).collect();
+    net.nodes.insert(e, entry);
+    net.absorb(e, outs);
+    net.settle(T0);
+    assert!(
+        net.node(e).peer(&b).is_some(),
+        "the welcome gave the entry the whole mesh"
+    );
+    assert!(net.node(a).peer(&e).unwrap().passive);
+
+    // A relays news to everyone but the passive entry.
+    let mut changed = net.node(b).local().value().clone();
+    changed.hostname = "n".into();
+    net.input(b, Input::UpdateLocal(Box::new(changed)), T0 + secs(1));
+    net.queue.retain(|(_, to, _)| *to == a);
+    net.input(
+        a,
+        Input::Message {
+            from: b,
+            message: net.queue[0].2.clone(),
+        },
+        T0 + secs(1),
+    );
+    assert!(net.sent_by(a).iter().all(|(to, _)| *to != e));
+    net.queue.clear();
+
+    // The entry forwards nothing it receives.
+    let news = net.node(b).local().clone();
+    net.input(
+        e,
+        Input::Message {
+            from: b,
+            message: Message::Rumor(Records {
+                announcements: vec![news],
+                ..Records::default()
+            }),
+        },
+        T0 + secs(1),
+    );
+    assert!(net.queue.is_empty());
+
+    // It pulls: its tick sends a digest.
+    let t = net.node(e).poll_timeout().unwrap();
+    timeout(&mut net, e, t);
+    assert!(
+        net.sent_by(e)
+            .iter()
+            .any(|(_, m)| matches!(m, Message::Digest(d) if d.passive))
+    );
+}
+
+// ---- admission ----
+
+fn hello_from(s: &State, invite: Option<invite::Invite>) -> Message {
+    Message::Hello(Hello {
+        announcement: s.local().clone(),
+        invite,
+        passive: false,
+    })
+}
+
+fn refusal(net: &mut Net, at: PeerId) -> Option<AdmissionError> {
+    net.take_events(at).into_iter().find_map(|e| match e {
+        Event::Refused { reason, .. } => Some(reason),
+        _ => None,
+    })
+}
+
+#[test]
+fn joiner_with_a_valid_invite_is_admitted_and_welcomed() {
+    let (mut net, ids) = mesh(3, Config::default());
+    let a = ids[0];
+    let inv =
+        net.nodes
+            .get_mut(&a)
+            .unwrap()
+            .mint_invite(b"addr-a".to_vec(), invite::DEFAULT_TTL, T0);
+    let id = inv.value().id;
+    let j = net.add(node(20, Config::default(), T0));
+    net.input(j, Input::Join(inv), T0 + secs(1));
+    assert_eq!(net.dials, vec![(j, a)]);
+    net.settle(T0 + secs(1));
+    assert!(net.take_events(a).contains(&Event::Admitted {
+        peer: j,
+        by: AdmittedBy::Invite(id)
+    }));
+    for &p in &ids {
+        assert!(net.node(j).peer(&p).is_some());
+        assert!(net.node(p).peer(&j).is_some(), "{p} heard of the joiner");
+    }
+}
+
+#[test]
+fn expired_invite_is_refused_with_a_reason_sent_back() {
+    let (mut net, ids) = mesh(2, Config::default());
+    let a = ids[0];
+    let inv = net
+        .nodes
+        .get_mut(&a)
+        .unwrap()
+        .mint_invite(vec![], secs(60), T0);
+    let j = net.add(node(20, Config::default(), T0));
+    net.input(j, Input::Join(inv), T0 + secs(61));
+    net.settle(T0 + secs(61));
+    let expected = AdmissionError::Invite(InviteError::Expired {
+        expires_at: T0 + secs(60),
+        now: T0 + secs(61),
+    });
+    assert_eq!(refusal(&mut net, a), Some(expected.clone()));
+    assert!(net.take_events(j).contains(&Event::RefusedBy {
+        peer: a,
+        reason: expected
+    }));
+    assert_eq!(net.disconnects, vec![(a, j)]);
+    assert!(net.node(a).peer(&j).is_none());
+    assert_eq!(net.node(a).stats().refused, 1);
+}
+
+#[test]
+fn invite_for_another_mesh_is_refused() {
+    let (mut net, ids) = mesh(2, Config::default());
+    let a = ids[0];
+    let other_key = key(40);
+    let inv = invite::mint(
+        &other_key,
+        "mesh-b",
+        vec![],
+        invite::DEFAULT_TTL,
+        T0,
+        &mut Pcg64::seed_from_u64(1),
+    );
+    let j = net.add(node(20, Config::default(), T0));
+    let m = hello_from(net.node(j), Some(inv));
+    net.input(
+        a,
+        Input::Message {
+            from: j,
+            message: m,
+        },
+        T0,
+    );
+    assert_eq!(
+        refusal(&mut net, a),
+        Some(AdmissionError::Invite(InviteError::WrongMesh {
+            expected: MESH.into(),
+            found: "mesh-b".into()
+        }))
+    );
+}
+
+#[test]
+fn invite_with_a_bad_signature_is_refused() {
+    let (mut net, ids) = mesh(2, Config::default());
+    let a = ids[0];
+    let inv = net
+        .nodes
+        .get_mut(&a)
+        .unwrap()
+        .mint_invite(vec![], secs(60), T0);
+    let mut body = inv.value().clone();
+    body.expires_at = T0 + secs(1_000_000);
+    let stretched =
+        invite::Invite::from_parts(postcard::to_allocvec(&body).unwrap(), *inv.signature())
+            .unwrap();
+    let j = net.add(node(20, Config::default(), T0));
+    let m = hello_from(net.node(j), Some(stretched));
+    net.input(
+        a,
+        Input::Message {
+            from: j,
+            message: m,
+        },
+        T0 + secs(100),
+    );
+    assert_eq!(
+        refusal(&mut net, a),
+        Some(AdmissionError::Invite(InviteError::BadSignature))
+    );
+}
+
+#[test]
+fn hello_whose_announcement_is_not_the_transport_identity_is_refused() {
+    let (mut net, ids) = mesh(3, Config::default());
+    let (a, b) = (ids[0], ids[1]);
+    let inv = net
+        .nodes
+        .get_mut(&a)
+        .unwrap()
+        .mint_invite(vec![], invite::DEFAULT_TTL, T0);
+    let j = net.add(node(20, Config::default(), T0));
+    // J presents B's (validly signed) announcement over its own connection.
+    let m = hello_from(net.node(b), Some(inv));
+    net.input(
+        a,
+        Input::Message {
+            from: j,
+            message: m,
+        },
+        T0,
+    );
+    assert_eq!(
+        refusal(&mut net, a),
+        Some(AdmissionError::IdentityMismatch {
+            claimed: b,
+            transport: j
+        })
+    );
+}
+
+#[test]
+fn hello_with_a_forged_announcement_is_refused() {
+    let (mut net, ids) = mesh(2, Config::default());
+    let a = ids[0];
+    let inv = net
+        .nodes
+        .get_mut(&a)
+        .unwrap()
+        .mint_invite(vec![], invite::DEFAULT_TTL, T0);
+    let j = net.add(node(20, Config::default(), T0));
+    let forged = tampered(net.node(j).local(), |x| x.fast_memory_bytes = 1);
+    let m = Message::Hello(Hello {
+        announcement: forged,
+        invite: Some(inv),
+        passive: false,
+    });
+    net.input(
+        a,
+        Input::Message {
+            from: j,
+            message: m,
+        },
+        T0,
+    );
+    assert_eq!(
+        refusal(&mut net, a),
+        Some(AdmissionError::BadAnnouncementSignature)
+    );
+}
+
+#[test]
+fn stranger_without_an_invite_is_refused_and_cannot_gossip() {
+    let (mut net, ids) = mesh(2, Config::default());
+    let a = ids[0];
+    let j = net.add(node(20, Config::default(), T0));
+    let m = hello_from(net.node(j), None);
+    net.input(
+        a,
+        Input::Message {
+            from: j,
+            message: m,
+        },
+        T0,
+    );
+    assert_eq!(refusal(&mut net, a), Some(AdmissionError::MissingInvite));
+    // Skipping the Hello doesn't help.
+    let own = net.node(j).local().clone();
+    net.input(
+        a,
+        Input::Message {
+            from: j,
+            message: Message::Rumor(Records {
+                announcements: vec![own],
+                ..Records::default()
+            }),
+        },
+        T0,
+    );
+    assert_eq!(refusal(&mut net, a), Some(AdmissionError::NotAdmitted));
+    assert!(net.node(a).peer(&j).is_none());
+    assert_eq!(net.node(a).stats().unadmitted, 1);
+}
+
+#[test]
+fn invite_revoked_by_its_inviter_is_refused_at_every_member() {
+    let (mut net, ids) = mesh(3, Config::default());
+    let (a, c) = (ids[0], ids[2]);
+    let inv = net
+        .nodes
+        .get_mut(&a)
+        .unwrap()
+        .mint_invite(vec![], invite::DEFAULT_TTL, T0);
+    net.input(
+        a,
+        Input::RevokeInvite {
+            id: inv.value().id,
+            expires_at: inv.value().expires_at,
+        },
+        T0 + secs(1),
+    );
+    net.settle(T0 + secs(1));
+    let j = net.add(node(20, Config::default(), T0));
+    let m = hello_from(net.node(j), Some(inv.clone()));
+    net.input(
+        c,
+        Input::Message {
+            from: j,
+            message: m,
+        },
+        T0 + secs(2),
+    );
+    assert_eq!(
+        refusal(&mut net, c),
+        Some(AdmissionError::Invite(InviteError::Revoked(inv.value().id)))
+    );
+}
+
+#[test]
+fn removed_member_returns_without_an_invite_until_the_roster_forgets_it() {
+    let config = Config::default();
+    let roster_ttl = config.roster_ttl;
+    let (mut net, ids) = mesh(2, config);
+    let (a, b) = (ids[0], ids[1]);
+    timeout(&mut net, a, T0 + secs(360));
+    assert!(net.node(a).peer(&b).is_none());
+    let back = node(1, Config::default(), T0 + secs(400));
+    let m = hello_from(&back, None);
+    net.input(
+        a,
+        Input::Message {
+            from: b,
+            message: m.clone(),
+        },
+        T0 + secs(400),
+    );
+    assert!(net.take_events(a).contains(&Event::Admitted {
+        peer: b,
+        by: AdmittedBy::Membership
+    }));
+    assert!(net.node(a).peer(&b).is_some());
+
+    // Gone again, and away for longer than the roster remembers.
+    timeout(&mut net, a, T0 + secs(760));
+    assert!(net.node(a).peer(&b).is_none());
+    let late = T0 + secs(760) + roster_ttl;
+    timeout(&mut net, a, late);
+    let back = node(1, Config::default(), late);
+    let m = hello_from(&back, None);
+    net.input(
+        a,
+        Input::Message {
+            from: b,
+            message: m,
+        },
+        late,
+    );
+    assert_eq!(refusal(&mut net, a), Some(AdmissionError::MissingInvite));
+}
+
+#[test]
+fn peer_that_forgot_us_gets_a_fresh_hello() {
+    let (mut net, ids) = mesh(2, Config::default());
+    let (a, b) = (ids[0], ids[1]);
+    // A restarts and forgets everyone (its roster was not persisted).
+    let later = T0 + secs(100);
+    let fresh_a = node(0, Config::default(), later);
+    net.nodes.insert(a, fresh_a);
+    let mut changed = net.node(b).local().value().clone();
+    changed.hostname = "after".into();
+    net.input(b, Input::UpdateLocal(Box::new(changed)), later);
+    net.settle(later);
+    // A refused B's rumour as NotAdmitted; B said Hello again with the invite it joined with,
+    // which A (same key) minted and which is still valid.
+    assert!(net.take_events(b).iter().any(|e| matches!(
+        e,
+        Event::RefusedBy {
+            reason: AdmissionError::NotAdmitted,
+            ..
+        }
+    )));
+    assert!(net.node(a).peer(&b).is_some());
+    assert_eq!(
+        net.node(a).announcement(&b).unwrap().value().hostname,
+        "after"
+    );
+}
+
+#[test]
+fn remembered_members_are_admitted_after_a_restart_without_invites() {
+    let (mut net, ids) = mesh(2, Config::default());
+    let (a, b) = (ids[0], ids[1]);
+    let remembered = net.node(a).members(T0);
+    assert_eq!(remembered, vec![b]);
+    let mut fresh_a = node(0, Config::default(), T0 + secs(10));
+    fresh_a.remember_members(remembered, T0 + secs(10));
+    net.nodes.insert(a, fresh_a);
+    let m = hello_from(net.node(b), None);
+    net.input(
+        a,
+        Input::Message {
+            from: b,
+            message: m,
+        },
+        T0 + secs(11),
+    );
+    assert!(net.take_events(a).contains(&Event::Admitted {
+        peer: b,
+        by: AdmittedBy::Membership
+    }));
+}
+
+// ---- the view ----
+
+#[test]
+fn view_has_me_at_rtt_zero_and_live_peers_at_the_shells_rtt() {
+    let (net, ids) = mesh(3, Config::default());
+    let a = ids[0];
+    let rtts: BTreeMap<PeerId, u32> = [(ids[1], 40), (ids[2], 75)].into();
+    let view = net.node(a).view(|p| rtts.get(p).copied());
+    assert_eq!(view.me, a);
+    assert_eq!(view.me().unwrap().rtt_ms, Some(0));
+    assert_eq!(view.get(&ids[1]).unwrap().rtt_ms, Some(40));
+    assert_eq!(view.get(&ids[2]).unwrap().rtt_ms, Some(75));
+    assert_eq!(view.get(&ids[1]).unwrap().first_seen, T0);
+    let order: Vec<_> = view.peers.iter().map(|p| p.id()).collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted);
+}
