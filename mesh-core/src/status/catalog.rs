@@ -93,7 +93,8 @@ impl MeshEfficiency {
         let (Some(through), Some(native)) = (through_tps, native_tps) else {
             return MeshEfficiency::NoMeasurementYet;
         };
-        if !(native > 0.0) || !through.is_finite() {
+        // A zero, negative or NaN baseline is no measurement.
+        if native.is_nan() || native <= 0.0 || !through.is_finite() {
             return MeshEfficiency::NoMeasurementYet;
         }
         let ratio = through / native;
