@@ -10,7 +10,8 @@
 //!    rest of the cohort is standby, none for anyone (the v0.66.56 phantom-split fix). When no
 //!    peer knows the size this gate cannot fire and the classifier falls through, so genuine
 //!    pipelines of unscanned models (the DeepSeek-R1-Distill-70B cohort) still render;
-//! 5. the host serves alone: no worker → none.
+//! 5. the host serves alone: no worker → none. A peer that serves a model itself (solo or as
+//!    a pipeline host) is no worker of another host's pipeline.
 //!
 //! Membership: the host's announced running pipeline (`PeerAnnouncement::pipelines`) when it
 //! has one for the model, restricted to peers in the view; otherwise (an announcement without
@@ -201,8 +202,13 @@ fn genuine_pipeline(view: &MeshView, host: &KnownPeer, model: &str) -> Option<Pi
     if can_hold_solo(h.fast_memory_bytes, size) {
         return None;
     }
-    let usable =
-        |p: &KnownPeer| p.id() != host.id() && !matches!(p.announcement.role, Role::Client);
+    // A peer that serves a model itself is no layer worker of another's pipeline.
+    let usable = |p: &KnownPeer| {
+        let a = &p.announcement;
+        p.id() != host.id()
+            && !matches!(a.role, Role::Client)
+            && !(a.is_host() && !a.hosted_models.is_empty())
+    };
     let workers: Vec<PeerId> = match h.pipelines.iter().find(|r| r.model == model) {
         Some(running) => {
             let mut seen = BTreeSet::new();

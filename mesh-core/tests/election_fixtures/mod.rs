@@ -203,3 +203,122 @@ pub fn view(me: u8, peers: Vec<Peer>) -> MeshView {
         .collect();
     MeshView::new(id(me), peers)
 }
+
+/// Random meshes for property tests: up to 7 peers of mixed roles, memory, RTTs and rpc states,
+/// asking for three models whose files they may or may not have, some hosting, some announcing
+/// pipelines whose workers may not exist.
+pub mod arb {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub const MODELS: [(&str, f64); 3] = [(QWEN8, QWEN8_GB), (QWEN32, QWEN32_GB), (DS70, DS70_GB)];
+
+    #[derive(Debug, Clone)]
+    struct Spec {
+        role: u8,
+        backend: Backend,
+        fast_gb: f64,
+        ram_gb: f64,
+        /// Per model: 0 not requested, 1 requested without file, 2 with file.
+        wants: [u8; 3],
+        hosts: [bool; 3],
+        serves: [bool; 3],
+        rpc: Option<bool>,
+        rtt: Option<u32>,
+        /// A pipeline for model `.0 % 3` with these worker ids (1..=9, some absent).
+        pipeline: Option<(usize, Vec<u8>)>,
+        seen_s: u64,
+    }
+
+    fn spec() -> impl Strategy<Value = Spec> {
+        (
+            (
+                0u8..6,
+                prop::sample::select(vec![Backend::Metal, Backend::Cuda, Backend::Vulkan]),
+                prop::sample::select(vec![0.0, 4.0, 6.0, 8.6, 10.0, 12.0, 14.5, 17.2, 24.0, 48.0]),
+                prop::sample::select(vec![0.0, 8.0, 16.0, 32.0, 64.0]),
+            ),
+            (
+                prop::array::uniform3(0u8..3),
+                prop::array::uniform3(any::<bool>()),
+                prop::array::uniform3(any::<bool>()),
+                prop::option::of(any::<bool>()),
+                prop::option::weighted(
+                    0.85,
+                    prop::sample::select(vec![0u32, 5, 40, 300, 500, 501, 900]),
+                ),
+                prop::option::weighted(0.4, (0usize..3, prop::collection::vec(1u8..10, 0..4))),
+                0u64..120,
+            ),
+        )
+            .prop_map(
+                |(
+                    (role, backend, fast_gb, ram_gb),
+                    (wants, hosts, serves, rpc, rtt, pipeline, seen_s),
+                )| {
+                    Spec {
+                        role,
+                        backend,
+                        fast_gb,
+                        ram_gb,
+                        wants,
+                        hosts,
+                        serves,
+                        rpc,
+                        rtt,
+                        pipeline,
+                        seen_s,
+                    }
+                },
+            )
+    }
+
+    fn build(n: u8, s: &Spec) -> Peer {
+        let mut p = peer(n, &format!("p{n}"), s.backend, s.fast_gb, s.ram_gb)
+            .rpc(s.rpc)
+            .seen_at(s.seen_s);
+        p.0.rtt_ms = s.rtt;
+        if s.role == 0 {
+            return p.client();
+        }
+        let mut serving = Vec::new();
+        let mut hosted = Vec::new();
+        for (i, &(m, size)) in MODELS.iter().enumerate() {
+            match s.wants[i] {
+                1 => p = p.wants_without_file(m),
+                2 => p = p.wants(&[(m, size)]),
+                _ => continue,
+            }
+            if s.serves[i] {
+                serving.push(m);
+            }
+            // Roles 1–2 are workers; 3–5 may host what they have.
+            if s.role >= 3 && s.hosts[i] {
+                hosted.push(m);
+            }
+        }
+        p = p.serving(&serving);
+        if s.role >= 3 {
+            p = p.hosting(&hosted);
+            if let Some((i, workers)) = &s.pipeline {
+                p = p.pipeline(MODELS[*i].0, workers, 0.0);
+            }
+        }
+        p
+    }
+
+    /// A view of 1–7 peers, seen by one of them.
+    pub fn mesh() -> impl Strategy<Value = MeshView> {
+        prop::collection::vec(spec(), 1..8).prop_flat_map(|specs| {
+            let n = specs.len();
+            (Just(specs), 0..n).prop_map(|(specs, me)| {
+                let peers = specs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| build(i as u8 + 1, s))
+                    .collect();
+                view(me as u8 + 1, peers)
+            })
+        })
+    }
+}
