@@ -111,6 +111,10 @@ impl Plan {
 }
 
 /// What this node must do about one model.
+///
+/// Acting on `Solo` or `SplitHost` starts with claiming the role: announce `Role::Host` with
+/// the model in `serving_models` before loading (and, for a split, while waiting for workers).
+/// Other nodes pass over an elected host that hasn't claimed within [`HOST_CLAIM_GRACE`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "duty", rename_all = "snake_case")]
 pub enum Duty {

@@ -14,7 +14,7 @@
 //! Resident solos are planned for every model first, then the rest in demand order, and a peer
 //! that hosts one model or belongs to one split is not counted twice.
 
-use super::select::{SoloRouters, select_with};
+use super::select::{Sizes, SoloRouters, select_with};
 use super::{
     Demand, MAX_SPLIT_RTT_MS, Plan, can_hold_solo, can_spill_solo, demand_order, min_vram_for_solo,
     ram_filter_ok,
@@ -41,14 +41,15 @@ pub(super) struct Planned {
 }
 
 pub(super) fn plan(view: &MeshView, inputs: &PlanInputs) -> Planned {
-    let routers = SoloRouters::new(view);
+    let sizes = Sizes::new(view);
+    let routers = SoloRouters::new(view, &sizes);
     let mut cohorts: BTreeMap<ModelName, Vec<&KnownPeer>> = BTreeMap::new();
     for p in &view.peers {
         let a = &p.announcement;
         if matches!(a.role, Role::Client) {
             continue;
         }
-        let mut models: BTreeSet<ModelName> = select_with(a, view, &routers, inputs.demand)
+        let mut models: BTreeSet<ModelName> = select_with(a, &sizes, &routers, inputs.demand)
             .into_iter()
             .collect();
         models.extend(a.hosted_models.iter().cloned());
@@ -61,7 +62,7 @@ pub(super) fn plan(view: &MeshView, inputs: &PlanInputs) -> Planned {
     let mut busy: BTreeSet<PeerId> = BTreeSet::new();
     let mut plans: BTreeMap<ModelName, Plan> = BTreeMap::new();
     for (model, cohort) in &cohorts {
-        let Some(size) = view.model_size(model) else {
+        let Some(size) = sizes.get(model) else {
             plans.insert(model.clone(), waiting(cohort, &busy, None));
             continue;
         };
@@ -76,7 +77,7 @@ pub(super) fn plan(view: &MeshView, inputs: &PlanInputs) -> Planned {
     for model in rest {
         let cohort = &cohorts[model];
         // Unknown sizes were planned as waiting above.
-        let size = view.model_size(model).unwrap_or_default();
+        let size = sizes.get(model).unwrap_or_default();
         let plan = planner
             .spill_solo(model, size, cohort, &busy)
             .or_else(|| planner.sticky_split(model, size, &busy))

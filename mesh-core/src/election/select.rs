@@ -9,13 +9,36 @@ use crate::peer::{ModelName, PeerAnnouncement};
 use crate::view::MeshView;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Every model's GGUF size as the mesh knows it ([`MeshView::model_size`]), computed once.
+#[derive(Debug, Default)]
+pub(super) struct Sizes(BTreeMap<ModelName, u64>);
+
+impl Sizes {
+    pub(super) fn new(view: &MeshView) -> Self {
+        let mut sizes: BTreeMap<ModelName, u64> = BTreeMap::new();
+        for p in &view.peers {
+            for (model, &size) in &p.announcement.model_sizes {
+                if size > 0 {
+                    let known = sizes.entry(model.clone()).or_default();
+                    *known = (*known).max(size);
+                }
+            }
+        }
+        Sizes(sizes)
+    }
+
+    pub(super) fn get(&self, model: &str) -> Option<u64> {
+        self.0.get(model).copied()
+    }
+}
+
 /// Per model, the dialable hosts that route it and hold it in fast memory: the peers whose
 /// presence lets an undersized peer drop the model.
 #[derive(Debug, Default)]
 pub(super) struct SoloRouters(BTreeMap<ModelName, BTreeSet<PeerId>>);
 
 impl SoloRouters {
-    pub(super) fn new(view: &MeshView) -> Self {
+    pub(super) fn new(view: &MeshView, sizes: &Sizes) -> Self {
         let mut routers: BTreeMap<ModelName, BTreeSet<PeerId>> = BTreeMap::new();
         for p in &view.peers {
             let a = &p.announcement;
@@ -26,7 +49,7 @@ impl SoloRouters {
                 continue;
             }
             for model in &a.hosted_models {
-                if can_hold_solo(a.fast_memory_bytes, view.model_size(model)) {
+                if can_hold_solo(a.fast_memory_bytes, sizes.get(model)) {
                     routers.entry(model.clone()).or_default().insert(a.peer_id);
                 }
             }
@@ -55,19 +78,20 @@ pub fn select_serving_models(
     view: &MeshView,
     demand: &BTreeMap<ModelName, Demand>,
 ) -> Vec<ModelName> {
-    select_with(peer, view, &SoloRouters::new(view), demand)
+    let sizes = Sizes::new(view);
+    select_with(peer, &sizes, &SoloRouters::new(view, &sizes), demand)
 }
 
 pub(super) fn select_with(
     peer: &PeerAnnouncement,
-    view: &MeshView,
+    sizes: &Sizes,
     routers: &SoloRouters,
     demand: &BTreeMap<ModelName, Demand>,
 ) -> Vec<ModelName> {
     let requested: BTreeSet<&ModelName> = peer.requested_models.iter().collect();
     let sized: Vec<(&ModelName, u64)> = requested
         .iter()
-        .filter_map(|&m| view.model_size(m).map(|s| (m, s)))
+        .filter_map(|&m| sizes.get(m).map(|s| (m, s)))
         .collect();
     let fits = |size: u64| can_hold_solo(peer.fast_memory_bytes, Some(size));
 
