@@ -205,9 +205,8 @@ fn genuine_pipeline(view: &MeshView, host: &KnownPeer, model: &str) -> Option<Pi
     // A peer that serves a model itself is no layer worker of another's pipeline.
     let usable = |p: &KnownPeer| {
         let a = &p.announcement;
-        p.id() != host.id()
-            && !matches!(a.role, Role::Client)
-            && !(a.is_host() && !a.hosted_models.is_empty())
+        let serves_itself = a.is_host() && !a.hosted_models.is_empty();
+        p.id() != host.id() && !matches!(a.role, Role::Client) && !serves_itself
     };
     let workers: Vec<PeerId> = match h.pipelines.iter().find(|r| r.model == model) {
         Some(running) => {
