@@ -61,10 +61,6 @@ pub const PROBE_MAX_TOKENS: u32 = 128;
 /// Loading a GGUF: read rate from disk, plus llama-server's start-up.
 pub const LOAD_GBPS: f64 = 2.0;
 pub const LAUNCH_S: f64 = 5.0;
-/// Headroom a model needs in fast memory to be served solo (SPEC §3 `min_vram_for_solo`).
-/// TODO(election): use `mesh_core::election`'s rule once it is committed.
-pub const SOLO_HEADROOM: f64 = 1.1;
-
 const GB: f64 = 1e9;
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -215,11 +211,6 @@ impl Model {
     fn activation_bytes_per_token(&self) -> f64 {
         f64::from(self.embedding_length) * ACTIVATION_BYTES_PER_ELEMENT
     }
-}
-
-/// Whether a model can be served solo on a device at all by the SPEC §3 fit rule.
-pub fn fits_solo(fast_memory_gb: f64, size_gb: f64) -> bool {
-    size_gb > 0.0 && fast_memory_gb >= SOLO_HEADROOM * size_gb
 }
 
 /// A link between two peers as the pipeline sees it.
@@ -587,12 +578,5 @@ mod tests {
         assert_eq!(default_fitt_margin_mib(64.0), 2048.0);
         let m = default_fitt_margin_mib(17.2);
         assert!((m - 17.2e9 / MIB / 10.0).abs() < 1.0);
-    }
-
-    #[test]
-    fn fit_rule_needs_ten_percent_headroom_and_a_known_size() {
-        assert!(fits_solo(5.54, 5.03));
-        assert!(!fits_solo(5.5, 5.03));
-        assert!(!fits_solo(100.0, 0.0));
     }
 }

@@ -1,17 +1,18 @@
 //! The discrete-event engine (`--engine des`): virtual time, no tokio, no sockets. Peers are plain
 //! structs; every decision goes through mesh-core (sample rules and windows, the SLA gate and
-//! fallback decision, routing order and retries, mesh share, the launch fit margin), and the
-//! serving plan through the one seam in [`decide`].
+//! fallback decision, routing order and retries, mesh share, the launch fit margin, and the
+//! election's plan of who serves what).
 //!
 //! The world: peers join, crash, leave, restart and get partitioned as the scenario says; the
 //! deciding node (the first entry, or with none a virtual client beside the hosts) sees every live,
-//! reachable peer at once — gossip delays arrive with issue 5's turmoil engine. Hosts load their
+//! reachable peer at once, and `mesh_core::election::plan_models` on that view says who serves
+//! what — per-node views, gossip delays and the `Election` machine's host-claim grace arrive with
+//! issue 5. Demand for the election is the scenario's declared traffic. Hosts load their
 //! model (size-scaled), then serve requests with llama-server's slots; each request's TTFT and
 //! decode come from its host's GPU profile with seeded jitter, and are recorded exactly as the
 //! node records them: an `Observation` on the host (its published window) and one at the entry
 //! (its `EntrySamples`). Solo hosts measure their native baseline 30 s after loading.
 
-mod decide;
 mod net;
 mod queue;
 
@@ -24,8 +25,8 @@ use crate::report::{
 };
 use crate::rng::SimRng;
 use crate::scenario::{Behaviour, EventKind, PeerSpec, Scenario};
-use decide::ModelPlan;
-use mesh_core::peer::{NativeBaseline, RunningPipeline};
+use mesh_core::election::{self, Demand, Plan};
+use mesh_core::peer::{NativeBaseline, RttHint, RunningPipeline};
 use mesh_core::routing::{self, RouteConfig, Router};
 use mesh_core::samples::{self, Ending, ModelSamples, Observation, Sample};
 use mesh_core::sla::{
@@ -156,6 +157,8 @@ struct Peer<'a> {
     samples: ModelSamples,
     baselines: BTreeMap<usize, NativeBaseline>,
     served: BTreeMap<usize, u64>,
+    /// How it last laid out each model it hosted.
+    placements: BTreeMap<usize, PlacementKind>,
     jitter: SimRng,
 }
 
@@ -217,7 +220,9 @@ struct World<'a> {
     entries: BTreeMap<Option<usize>, EntryPoint>,
     /// The node whose view the plan is made on: the first entry, if any.
     observer: Option<usize>,
-    plans: BTreeMap<String, ModelPlan>,
+    plans: BTreeMap<String, Plan>,
+    /// What the election weighs: the scenario's traffic per model.
+    demand: BTreeMap<String, Demand>,
     counts: Vec<RequestCounts>,
     sla: SlaConfig,
 }
@@ -266,6 +271,7 @@ impl<'a> World<'a> {
                 samples: ModelSamples::default(),
                 baselines: BTreeMap::new(),
                 served: BTreeMap::new(),
+                placements: BTreeMap::new(),
                 jitter: SimRng::derive(seed, "jitter", i as u64),
             })
             .collect();
@@ -289,6 +295,12 @@ impl<'a> World<'a> {
             entries.insert(Some(i), entry_point(p.fallback));
         }
         entries.insert(None, entry_point(false));
+        let mut demand: BTreeMap<String, Demand> = BTreeMap::new();
+        for t in &sc.traffic {
+            let d = demand.entry(t.model.clone()).or_default();
+            d.clients += 1;
+            d.requests_per_min += t.rate_per_min;
+        }
         let catalog = TierCatalog::with_overrides(
             sc.models
                 .iter()
@@ -313,6 +325,7 @@ impl<'a> World<'a> {
             entries,
             observer,
             plans: BTreeMap::new(),
+            demand,
             sla: SlaConfig {
                 catalog,
                 ..SlaConfig::default()
@@ -506,8 +519,7 @@ impl<'a> World<'a> {
 
     fn replan(&mut self) {
         let view = self.view(self.observer);
-        let names: Vec<String> = self.models.iter().map(|m| m.name.clone()).collect();
-        self.plans = decide::plan_models(&view, &names);
+        self.plans = election::plan_models(&view, &self.demand);
         let index: BTreeMap<PeerId, usize> = self
             .peers
             .iter()
@@ -518,22 +530,22 @@ impl<'a> World<'a> {
         let mut hosts: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
         let mut workers: BTreeMap<(usize, usize), usize> = BTreeMap::new();
         for (m, model) in self.models.iter().enumerate() {
-            match &self.plans[&model.name] {
-                ModelPlan::Solo { host, replicas, .. } => {
+            match self.plans.get(&model.name) {
+                Some(Plan::Solo { host, replicas, .. }) => {
                     for id in std::iter::once(host).chain(replicas) {
                         hosts.insert((index[id], m), Vec::new());
                     }
                 }
-                ModelPlan::Split {
+                Some(Plan::Split {
                     host, workers: ws, ..
-                } => {
+                }) => {
                     let ws: Vec<usize> = ws.iter().map(|w| index[w]).collect();
                     for &w in &ws {
                         workers.insert((w, m), index[host]);
                     }
                     hosts.insert((index[host], m), ws);
                 }
-                ModelPlan::Waiting => {}
+                Some(Plan::WaitingForCapacity { .. }) | None => {}
             }
         }
         for p in 0..self.peers.len() {
@@ -621,6 +633,7 @@ impl<'a> World<'a> {
             .fold(0.0, f64::max);
         self.next_epoch += 1;
         let epoch = self.next_epoch;
+        self.peers[p].placements.insert(m, serving.kind);
         let slots = self.peers[p]
             .spec
             .max_inflight
@@ -654,6 +667,8 @@ impl<'a> World<'a> {
         }
         h.ready = true;
         let solo = h.workers.is_empty();
+        // What runs is part of what the election weighs (hosts that route a model keep it).
+        self.replan();
         if solo {
             self.queue.push(
                 self.now + BASELINE_SETTLE,
@@ -748,6 +763,19 @@ impl<'a> World<'a> {
             }
         }
         a.native_baselines = peer.baselines.values().cloned().collect();
+        // What the split planner reads for host-to-worker RTTs.
+        if !spec.is_entry() {
+            a.rtt_hints = (0..self.peers.len())
+                .filter(|&q| {
+                    q != p && self.peers[q].life == Life::Up && !self.peers[q].spec.is_entry()
+                })
+                .filter(|&q| self.net.reachable(p, q))
+                .map(|q| RttHint {
+                    peer: self.peers[q].id,
+                    rtt_ms: self.net.link(p, q).rtt_ms.round() as u32,
+                })
+                .collect();
+        }
         a.pipelines = hosted
             .iter()
             .filter(|h| !h.workers.is_empty())
@@ -879,11 +907,7 @@ impl<'a> World<'a> {
             }
             let reason = if !r.tried.is_empty() {
                 "no_capable_node"
-            } else if self
-                .plans
-                .get(&model)
-                .is_some_and(|p| *p != ModelPlan::Waiting)
-            {
+            } else if self.plans.get(&model).is_some_and(|p| p.host().is_some()) {
                 "election_in_progress"
             } else {
                 "no_peer_with_model"
@@ -1151,17 +1175,17 @@ impl<'a> World<'a> {
         };
         let mut models = Vec::new();
         for (m, info) in self.models.iter().enumerate() {
-            let plan = &self.plans[&info.name];
+            let plan = self.plans.get(&info.name);
             let (hosts, split_group) = match plan {
-                ModelPlan::Solo { host, replicas, .. } => (
+                Some(Plan::Solo { host, replicas, .. }) => (
                     std::iter::once(host).chain(replicas).map(name_of).collect(),
                     None,
                 ),
-                ModelPlan::Split {
+                Some(Plan::Split {
                     host,
                     workers,
                     total_group_memory,
-                } => (
+                }) => (
                     vec![name_of(host)],
                     Some(SplitGroupReport {
                         host: name_of(host),
@@ -1169,7 +1193,7 @@ impl<'a> World<'a> {
                         total_group_vram_gb: report::round(*total_group_memory as f64 / 1e9, 1),
                     }),
                 ),
-                ModelPlan::Waiting => (Vec::new(), None),
+                Some(Plan::WaitingForCapacity { .. }) | None => (Vec::new(), None),
             };
             let mode_of = |p: usize| -> Option<ServingMode> {
                 let peer = &self.peers[p];
@@ -1199,11 +1223,11 @@ impl<'a> World<'a> {
                 .collect();
             let mut by_host = Vec::new();
             for (p, peer) in self.peers.iter().enumerate() {
-                let hosting = peer.hostings.iter().rev().find(|h| h.model == m);
-                let served = peer.served.get(&m).copied().unwrap_or(0);
-                if hosting.is_none() && served == 0 {
+                // Every peer that ever launched the model (a pipeline's host launches it).
+                if !peer.placements.contains_key(&m) {
                     continue;
                 }
+                let served = peer.served.get(&m).copied().unwrap_or(0);
                 let mut published = peer.samples.summary(&info.name, now);
                 if peer.spec.behaviour == Behaviour::InflateTimings
                     && let Some(s) = published.as_mut()
@@ -1217,18 +1241,10 @@ impl<'a> World<'a> {
                     tps_p50: report::round(b.native_tps_p50, 2),
                     samples: b.samples,
                 });
-                let placement = hosting.map_or_else(
-                    || profile::solo(&peer.device, &info.physics).kind,
-                    |h| h.serving.kind,
-                );
                 by_host.push(HostReport {
                     peer: peer.spec.name.clone(),
                     serving_mode: mode_of(p),
-                    placement: if hosting.is_some_and(|h| !h.workers.is_empty()) {
-                        PlacementKind::Pipeline
-                    } else {
-                        placement
-                    },
+                    placement: peer.placements[&m],
                     through_mesh: through,
                     at_entry: measurements
                         .get(&(peer.id, info.name.clone()))
@@ -1257,7 +1273,12 @@ impl<'a> World<'a> {
             models.push(ModelReport {
                 name: info.name.clone(),
                 size_gb: report::round(info.size_bytes as f64 / 1e9, 2),
-                plan: plan.kind().to_string(),
+                plan: match plan {
+                    Some(Plan::Solo { .. }) => "solo",
+                    Some(Plan::Split { .. }) => "split",
+                    Some(Plan::WaitingForCapacity { .. }) | None => "waiting",
+                }
+                .to_string(),
                 hosts,
                 split_group,
                 serving_mode,
@@ -1339,3 +1360,6 @@ impl<'a> World<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
