@@ -7,7 +7,7 @@ use crate::scenario::{Behaviour, PeerRole};
 use mesh_core::Backend;
 use mesh_core::samples::Summary;
 use mesh_core::sla::Tier;
-use mesh_core::status::{NodeState, ServingMode};
+use mesh_core::status::{MeshEfficiency, NodeState, ServingMode, SplitGroup, SplitRole};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -35,14 +35,15 @@ pub struct ModelReport {
     /// Peer names serving it (the elected host first).
     pub hosts: Vec<String>,
     pub split_group: Option<SplitGroupReport>,
-    /// Per live peer that requested the model.
+    /// The plan's part for each live peer: hosts `solo`/`split_host`, workers `split_worker`,
+    /// and while the plan waits, every peer that requested the model `waiting`.
     pub serving_mode: BTreeMap<String, ServingMode>,
     /// The primary host's published window (the host with the most samples).
     pub through_mesh: Option<Figures>,
     /// The same host's native baseline.
     pub native: Option<Figures>,
-    /// through tok/s ÷ native tok/s of that host; `null`: no measurement yet.
-    pub mesh_efficiency: Option<f64>,
+    /// through tok/s ÷ native tok/s of that host, banded as the catalog bands it.
+    pub mesh_efficiency: MeshEfficiency,
     /// through TTFT − native TTFT of that host.
     pub ttft_overhead_ms: Option<f64>,
     /// The entry's SLA gate at the end of the run.
@@ -72,7 +73,7 @@ pub struct HostReport {
     /// What the entry measured of the streams it proxied to this peer.
     pub at_entry: Option<Figures>,
     pub native: Option<Figures>,
-    pub mesh_efficiency: Option<f64>,
+    pub mesh_efficiency: MeshEfficiency,
     pub served: u64,
 }
 
@@ -94,14 +95,38 @@ impl Figures {
     }
 }
 
-/// `(efficiency, TTFT overhead)` of through-mesh against native figures.
-pub fn efficiency(through: Option<Figures>, native: Option<Figures>) -> (Option<f64>, Option<f64>) {
-    match (through, native) {
-        (Some(t), Some(n)) if n.tps_p50 > 0.0 => (
-            Some(round(t.tps_p50 / n.tps_p50, 3)),
-            Some(round(t.ttft_ms_p50 - n.ttft_ms_p50, 1)),
-        ),
-        _ => (None, None),
+/// Mesh efficiency (mesh-core's bands, ratio rounded) and TTFT overhead of through-mesh
+/// against native figures of the same peer.
+pub fn efficiency(
+    through: Option<Figures>,
+    native: Option<Figures>,
+) -> (MeshEfficiency, Option<f64>) {
+    let band = match MeshEfficiency::from_tps(through.map(|f| f.tps_p50), native.map(|f| f.tps_p50))
+    {
+        MeshEfficiency::Green { ratio } => MeshEfficiency::Green {
+            ratio: round(ratio, 3),
+        },
+        MeshEfficiency::Amber { ratio } => MeshEfficiency::Amber {
+            ratio: round(ratio, 3),
+        },
+        MeshEfficiency::Red { ratio } => MeshEfficiency::Red {
+            ratio: round(ratio, 3),
+        },
+        MeshEfficiency::NoMeasurementYet => MeshEfficiency::NoMeasurementYet,
+    };
+    let overhead = match (through, native) {
+        (Some(t), Some(n)) => Some(round(t.ttft_ms_p50 - n.ttft_ms_p50, 1)),
+        _ => None,
+    };
+    (band, overhead)
+}
+
+fn efficiency_text(e: MeshEfficiency) -> String {
+    match e {
+        MeshEfficiency::Green { ratio } => format!("{:.0} % green", 100.0 * ratio),
+        MeshEfficiency::Amber { ratio } => format!("{:.0} % amber", 100.0 * ratio),
+        MeshEfficiency::Red { ratio } => format!("{:.0} % red", 100.0 * ratio),
+        MeshEfficiency::NoMeasurementYet => "no measurement yet".into(),
     }
 }
 
@@ -150,8 +175,12 @@ pub struct PeerReport {
     pub state: String,
     /// Reachable from the primary entry (false across a partition).
     pub reachable: bool,
-    /// `client | standby | loading | serving` while up.
+    /// What `/api/status` says of it (mesh-core's classifier on the primary entry's view);
+    /// all `null` when it is not in that view (not joined, down, or cut off).
     pub node_state: Option<NodeState>,
+    pub serving_mode: Option<ServingMode>,
+    pub split_role: Option<SplitRole>,
+    pub split_group: Option<SplitGroup>,
     pub hosted_models: Vec<String>,
     pub requests_served: u64,
 }
@@ -220,9 +249,7 @@ impl Report {
                 t.map_or("0".into(), |f| f.samples.to_string()),
                 n.map_or("-".into(), |f| format!("{:.0} ms", f.ttft_ms_p50)),
                 n.map_or("-".into(), |f| format!("{:.2}", f.tps_p50)),
-                m.mesh_efficiency.map_or("no measurement yet".into(), |e| {
-                    format!("{:.0} %", 100.0 * e)
-                }),
+                efficiency_text(m.mesh_efficiency),
                 m.sla.status.clone(),
             ]);
         }
@@ -299,6 +326,7 @@ impl Report {
             "BEHAVIOUR",
             "STATE",
             "NODE STATE",
+            "SERVING MODE",
             "HOSTED",
             "SERVED",
         ])];
@@ -315,6 +343,8 @@ impl Report {
                     format!("{} (cut off)", p.state)
                 },
                 p.node_state.map_or("-".into(), node_state),
+                p.serving_mode.map_or("-", serving_mode).into(),
+                p.serving_mode.map_or("-", serving_mode).into(),
                 if p.hosted_models.is_empty() {
                     "-".into()
                 } else {
@@ -410,8 +440,11 @@ mod tests {
         };
         assert_eq!(
             efficiency(Some(through), Some(native)),
-            (Some(0.582), Some(33.0))
+            (MeshEfficiency::Amber { ratio: 0.582 }, Some(33.0))
         );
-        assert_eq!(efficiency(Some(through), None), (None, None));
+        assert_eq!(
+            efficiency(Some(through), None),
+            (MeshEfficiency::NoMeasurementYet, None)
+        );
     }
 }

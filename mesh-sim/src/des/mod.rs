@@ -25,7 +25,7 @@ use crate::report::{
 };
 use crate::rng::SimRng;
 use crate::scenario::{Behaviour, EventKind, PeerSpec, Scenario};
-use mesh_core::election::{self, Demand, Plan};
+use mesh_core::election::{self, Demand, Duty, Election, Plan};
 use mesh_core::peer::{NativeBaseline, RttHint, RunningPipeline};
 use mesh_core::routing::{self, RouteConfig, Router};
 use mesh_core::samples::{self, Ending, ModelSamples, Observation, Sample};
@@ -33,7 +33,7 @@ use mesh_core::sla::{
     self, EntrySamples, FallbackBudget, FallbackConfig, MeshShareCounters, ServedBy, SlaConfig,
     TierCatalog,
 };
-use mesh_core::status::{NodeState, ServingMode};
+use mesh_core::status::{self, ServingMode};
 use mesh_core::{KnownPeer, MeshView, PeerAnnouncement, PeerId, Role, Timestamp};
 use net::Network;
 use queue::Queue;
@@ -89,6 +89,8 @@ enum Ev {
         epoch: u64,
         n: u32,
     },
+    /// A peer's election has a deadline (host-claim grace, backoff).
+    ElectionTimer(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +161,11 @@ struct Peer<'a> {
     served: BTreeMap<usize, u64>,
     /// How it last laid out each model it hosted.
     placements: BTreeMap<usize, PlacementKind>,
+    /// Its own election machine (host-claim grace, launch backoff) and what it last said.
+    election: Election,
+    serving_models: Vec<String>,
+    /// The election wake-up already scheduled.
+    timer: Option<Timestamp>,
     jitter: SimRng,
 }
 
@@ -272,6 +279,9 @@ impl<'a> World<'a> {
                 baselines: BTreeMap::new(),
                 served: BTreeMap::new(),
                 placements: BTreeMap::new(),
+                election: Election::new(),
+                serving_models: Vec::new(),
+                timer: None,
                 jitter: SimRng::derive(seed, "jitter", i as u64),
             })
             .collect();
@@ -358,6 +368,10 @@ impl<'a> World<'a> {
                 Ev::HostDone { req, peer, epoch } => self.host_done(req, peer, epoch),
                 Ev::Ready { peer, epoch } => self.ready(peer, epoch),
                 Ev::Probe { peer, epoch, n } => self.probe(peer, epoch, n),
+                Ev::ElectionTimer(p) => {
+                    self.peers[p].timer = None;
+                    self.replan();
+                }
             }
         }
         self.now = self.end;
@@ -517,68 +531,100 @@ impl<'a> World<'a> {
 
     // ---- the plan ----
 
+    /// Every live contributor runs its election on its own view and carries out its duties;
+    /// the deciding node's plan is kept for the report. Passes repeat while a duty changed
+    /// something another peer sees (a launch makes its peer a host), at most a few times.
     fn replan(&mut self) {
-        let view = self.view(self.observer);
-        self.plans = election::plan_models(&view, &self.demand);
-        let index: BTreeMap<PeerId, usize> = self
-            .peers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.id, i))
-            .collect();
-        // Per (peer, model): host with these workers (empty: solo), or worker for a host.
-        let mut hosts: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
-        let mut workers: BTreeMap<(usize, usize), usize> = BTreeMap::new();
-        for (m, model) in self.models.iter().enumerate() {
-            match self.plans.get(&model.name) {
-                Some(Plan::Solo { host, replicas, .. }) => {
-                    for id in std::iter::once(host).chain(replicas) {
-                        hosts.insert((index[id], m), Vec::new());
-                    }
-                }
-                Some(Plan::Split {
-                    host, workers: ws, ..
-                }) => {
-                    let ws: Vec<usize> = ws.iter().map(|w| index[w]).collect();
-                    for &w in &ws {
-                        workers.insert((w, m), index[host]);
-                    }
-                    hosts.insert((index[host], m), ws);
-                }
-                Some(Plan::WaitingForCapacity { .. }) | None => {}
+        for _ in 0..4 {
+            let mut changed = false;
+            for p in 0..self.peers.len() {
+                changed |= self.decide(p);
+            }
+            if !changed {
+                break;
             }
         }
+        self.plans = election::plan_models(&self.view(self.observer), &self.demand);
         for p in 0..self.peers.len() {
-            self.peers[p].worker_for = workers
-                .iter()
-                .filter(|((w, _), _)| *w == p)
-                .map(|((_, m), h)| (*m, *h))
-                .collect();
-            for m in 0..self.models.len() {
-                let want = hosts.get(&(p, m));
-                let keep = match (self.peers[p].live_hosting(m), want) {
-                    (Some(h), Some(ws)) => &h.workers == ws,
-                    (None, None) => true,
-                    _ => false,
-                };
-                if keep {
-                    continue;
-                }
-                if let Some(h) = self.peers[p]
-                    .hostings
-                    .iter_mut()
-                    .find(|h| h.model == m && !h.draining)
-                {
-                    h.draining = true;
-                    let epoch = h.epoch;
-                    self.finish_draining(p, epoch);
-                }
-                if let Some(ws) = want {
-                    self.launch(p, m, ws.clone());
-                }
+            if let Some(at) = self.peers[p].election.poll_timeout()
+                && at > self.now
+                && self.peers[p].timer != Some(at)
+            {
+                self.peers[p].timer = Some(at);
+                self.queue.push(at, Ev::ElectionTimer(p));
             }
         }
         self.invalidate_views();
+    }
+
+    /// Runs peer `p`'s election and applies its duties. Returns whether any hosting changed.
+    fn decide(&mut self, p: usize) -> bool {
+        let peer = &self.peers[p];
+        let live = peer.life == Life::Up && !peer.spec.is_entry();
+        // Per model: host with these workers (empty: solo), or worker for a host.
+        let mut hosts: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        let mut worker_for = BTreeMap::new();
+        if live {
+            let view = self.view(Some(p));
+            let index: BTreeMap<PeerId, usize> = self
+                .peers
+                .iter()
+                .enumerate()
+                .map(|(i, q)| (q.id, i))
+                .collect();
+            let outcome = self.peers[p].election.decide(&view, &self.demand, self.now);
+            for (m, model) in self.models.iter().enumerate() {
+                match outcome.duties.get(&model.name) {
+                    Some(Duty::Solo { .. }) => {
+                        hosts.insert(m, Vec::new());
+                    }
+                    Some(Duty::SplitHost {
+                        workers,
+                        workers_ready: true,
+                        ..
+                    }) => {
+                        hosts.insert(m, workers.iter().map(|w| index[w]).collect());
+                    }
+                    Some(Duty::SplitWorker { host }) => {
+                        worker_for.insert(m, index[host]);
+                    }
+                    _ => {}
+                }
+            }
+            self.peers[p].serving_models = outcome.serving_models;
+        } else {
+            self.peers[p].serving_models.clear();
+        }
+        self.peers[p].worker_for = worker_for;
+        let mut changed = false;
+        for m in 0..self.models.len() {
+            let want = hosts.get(&m);
+            let keep = match (self.peers[p].live_hosting(m), want) {
+                (Some(h), Some(ws)) => &h.workers == ws,
+                (None, None) => true,
+                _ => false,
+            };
+            if keep {
+                continue;
+            }
+            changed = true;
+            if let Some(h) = self.peers[p]
+                .hostings
+                .iter_mut()
+                .find(|h| h.model == m && !h.draining)
+            {
+                h.draining = true;
+                let epoch = h.epoch;
+                self.finish_draining(p, epoch);
+            }
+            if let Some(ws) = want {
+                self.launch(p, m, ws.clone());
+            }
+        }
+        if changed {
+            self.invalidate_views();
+        }
+        changed
     }
 
     fn pipeline(&self, host: usize, workers: &[usize], model: usize) -> Serving {
@@ -667,6 +713,8 @@ impl<'a> World<'a> {
         }
         h.ready = true;
         let solo = h.workers.is_empty();
+        let model = self.models[h.model].name.clone();
+        self.peers[p].election.record_launch_success(&model);
         // What runs is part of what the election weighs (hosts that route a model keep it).
         self.replan();
         if solo {
@@ -712,12 +760,13 @@ impl<'a> World<'a> {
             .iter()
             .filter(|h| h.ready && !h.draining)
             .collect();
+        // A peer launching llama-server already announces itself a host (still loading).
         let role = if spec.is_entry() {
             Role::Client
-        } else if hosted.is_empty() {
-            Role::Worker
-        } else {
+        } else if peer.hostings.iter().any(|h| !h.draining) {
             Role::Host { http_port: 0 }
+        } else {
+            Role::Worker
         };
         let mut a = PeerAnnouncement::new(peer.id, MESH_ID, role);
         a.hostname = spec.name.clone();
@@ -739,13 +788,7 @@ impl<'a> World<'a> {
                 a.model_sizes.insert(m.clone(), info.size_bytes);
             }
         }
-        a.serving_models = self
-            .models
-            .iter()
-            .enumerate()
-            .filter(|(m, _)| peer.live_hosting(*m).is_some() || peer.worker_for.contains_key(m))
-            .map(|(_, i)| i.name.clone())
-            .collect();
+        a.serving_models = peer.serving_models.clone();
         a.hosted_models = hosted
             .iter()
             .map(|h| self.models[h.model].name.clone())
@@ -793,7 +836,8 @@ impl<'a> World<'a> {
         a
     }
 
-    /// The mesh as `entry` sees it: every live peer it can reach, itself included.
+    /// The mesh as `entry` (any peer; `None`: the virtual direct client) sees it: every live
+    /// peer it can reach, itself included, with its RTT to each.
     fn view(&self, entry: Option<usize>) -> MeshView {
         let me = entry.map_or(DIRECT_CLIENT, |e| self.peers[e].id);
         let peers = (0..self.peers.len())
@@ -1195,34 +1239,32 @@ impl<'a> World<'a> {
                 ),
                 Some(Plan::WaitingForCapacity { .. }) | None => (Vec::new(), None),
             };
-            let mode_of = |p: usize| -> Option<ServingMode> {
-                let peer = &self.peers[p];
-                if let Some(h) = peer.live_hosting(m) {
-                    Some(if h.workers.is_empty() {
-                        ServingMode::Solo
-                    } else {
-                        ServingMode::SplitHost
-                    })
-                } else if peer.worker_for.contains_key(&m) {
-                    Some(ServingMode::SplitWorker)
-                } else {
-                    None
+            // The plan's part for each peer (a mapping of the election's plan, no rule of ours).
+            let mut serving_mode: BTreeMap<String, ServingMode> = BTreeMap::new();
+            match plan {
+                Some(Plan::Solo { host, replicas, .. }) => {
+                    for id in std::iter::once(host).chain(replicas) {
+                        serving_mode.insert(name_of(id), ServingMode::Solo);
+                    }
                 }
-            };
-            let serving_mode = self
-                .peers
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.life == Life::Up && p.spec.serve.contains(&info.name))
-                .map(|(i, p)| {
-                    (
-                        p.spec.name.clone(),
-                        mode_of(i).unwrap_or(ServingMode::Waiting),
-                    )
-                })
-                .collect();
+                Some(Plan::Split { host, workers, .. }) => {
+                    serving_mode.insert(name_of(host), ServingMode::SplitHost);
+                    for id in workers {
+                        serving_mode.insert(name_of(id), ServingMode::SplitWorker);
+                    }
+                }
+                Some(Plan::WaitingForCapacity { .. }) | None => {
+                    for p in self
+                        .peers
+                        .iter()
+                        .filter(|p| p.life == Life::Up && p.spec.serve.contains(&info.name))
+                    {
+                        serving_mode.insert(p.spec.name.clone(), ServingMode::Waiting);
+                    }
+                }
+            }
             let mut by_host = Vec::new();
-            for (p, peer) in self.peers.iter().enumerate() {
+            for peer in &self.peers {
                 // Every peer that ever launched the model (a pipeline's host launches it).
                 if !peer.placements.contains_key(&m) {
                     continue;
@@ -1241,9 +1283,12 @@ impl<'a> World<'a> {
                     tps_p50: report::round(b.native_tps_p50, 2),
                     samples: b.samples,
                 });
+                let still_serving = peer.live_hosting(m).is_some();
                 by_host.push(HostReport {
                     peer: peer.spec.name.clone(),
-                    serving_mode: mode_of(p),
+                    serving_mode: still_serving
+                        .then(|| serving_mode.get(&peer.spec.name).copied())
+                        .flatten(),
                     placement: peer.placements[&m],
                     through_mesh: through,
                     at_entry: measurements
@@ -1308,18 +1353,7 @@ impl<'a> World<'a> {
             .iter()
             .enumerate()
             .map(|(p, peer)| {
-                let hosted: Vec<&Hosting> = peer.hostings.iter().filter(|h| !h.draining).collect();
-                let node_state = (peer.life == Life::Up).then(|| {
-                    if peer.spec.is_entry() {
-                        NodeState::Client
-                    } else if hosted.iter().any(|h| h.ready) {
-                        NodeState::Serving
-                    } else if !hosted.is_empty() {
-                        NodeState::Loading
-                    } else {
-                        NodeState::Standby
-                    }
-                });
+                let status = status::classify_peer(&observer_view, &peer.id);
                 PeerReport {
                     name: peer.spec.name.clone(),
                     id: peer.id.short(),
@@ -1328,10 +1362,14 @@ impl<'a> World<'a> {
                     behaviour: peer.spec.behaviour,
                     state: peer.life.as_str().to_string(),
                     reachable: self.observer.is_none_or(|o| self.net.reachable(o, p)),
-                    node_state,
-                    hosted_models: hosted
+                    node_state: status.as_ref().map(|s| s.state),
+                    serving_mode: status.as_ref().and_then(|s| s.serving_mode),
+                    split_role: status.as_ref().and_then(|s| s.split_role),
+                    split_group: status.and_then(|s| s.split_group),
+                    hosted_models: peer
+                        .hostings
                         .iter()
-                        .filter(|h| h.ready)
+                        .filter(|h| h.ready && !h.draining)
                         .map(|h| self.models[h.model].name.clone())
                         .collect(),
                     requests_served: peer.served.values().sum(),

@@ -1,4 +1,5 @@
 use super::*;
+use mesh_core::status::{MeshEfficiency, NodeState, SplitRole};
 use std::path::Path;
 
 const QWEN8: &str = r#"
@@ -238,7 +239,7 @@ fn native_baseline_is_three_probes_and_skips_probes_under_traffic() {
     let busy = scenario(900, &[QWEN8, ENTRY, &cuda("a", ""), &traffic(120.0, "")]);
     let m = run(&busy, 1);
     assert_eq!(model(&m).native, None);
-    assert_eq!(model(&m).mesh_efficiency, None);
+    assert_eq!(model(&m).mesh_efficiency, MeshEfficiency::NoMeasurementYet);
 }
 
 #[test]
@@ -264,7 +265,14 @@ fn the_election_spills_qwen3_32b_onto_the_17_gb_cuda_peer() {
         ("solo", &["cuda-17".to_string()][..])
     );
     assert_eq!(m.by_host[0].placement, PlacementKind::MmapSpill);
-    assert_eq!(m.serving_mode["mac"], ServingMode::Waiting);
+    // The others are standby: in the plan for nothing, and /api/status shows no mode for them.
+    assert_eq!(m.serving_mode.keys().collect::<Vec<_>>(), ["cuda-17"]);
+    let mac = &r.peers[1];
+    assert_eq!(
+        (mac.node_state, mac.serving_mode),
+        (Some(NodeState::Standby), None)
+    );
+    assert_eq!(r.peers[2].serving_mode, Some(ServingMode::Solo));
     let t = m.through_mesh.unwrap();
     assert!((t.tps_p50 / 3.98 - 1.0).abs() < 0.25, "{t:?}");
     assert_eq!(m.sla.tier, mesh_core::sla::Tier::Capacity);
@@ -313,6 +321,15 @@ fn a_70b_pipeline_of_desktops_is_a_capacity_split_with_ttft_too_high() {
     assert_eq!(m.serving_mode["cuda-a"], ServingMode::SplitHost);
     assert_eq!(m.serving_mode["mac-mini"], ServingMode::SplitWorker);
     assert_eq!(m.by_host[0].placement, PlacementKind::Pipeline);
+    // /api/status (mesh-core's classifier) shows the same pipeline.
+    let host = &r.peers[2];
+    assert_eq!(host.split_role, Some(SplitRole::PipelineHost));
+    let group = host.split_group.as_ref().unwrap();
+    assert_eq!(group.peer_ids.len(), 3);
+    assert_eq!(group.host_id, host.id);
+    let mac = &r.peers[1];
+    assert_eq!(mac.serving_mode, Some(ServingMode::SplitWorker));
+    assert_eq!(mac.node_state, Some(NodeState::Serving));
     // No native baseline on the pipeline path (SPEC §5).
     assert_eq!(m.native, None);
     let t = m.through_mesh.unwrap();
