@@ -552,3 +552,497 @@ impl BaselineCollector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::samples::Ending;
+    use crate::verify::{Candidate, DecodedToken};
+    use rand_core::SeedableRng;
+
+    const M: &str = "SmolLM2-135M-Instruct.Q4_1";
+
+    fn secs(s: u64) -> Timestamp {
+        Timestamp::from_secs(s)
+    }
+
+    fn collector(version: &str, cache: BaselineCache) -> BaselineCollector {
+        BaselineCollector::new(
+            BaselineConfig::new(version, Backend::Cpu),
+            cache,
+            Pcg64::seed_from_u64(42),
+        )
+    }
+
+    fn drain(c: &mut BaselineCollector) -> Vec<BaselineOutput> {
+        std::iter::from_fn(|| c.poll_output()).collect()
+    }
+
+    fn ready(c: &mut BaselineCollector, model: &str, mtime: u64, now: Timestamp) {
+        c.handle(
+            BaselineEvent::ServerReady {
+                model: model.into(),
+                model_mtime_unix_nanos: mtime,
+            },
+            now,
+        );
+    }
+
+    /// Runs `handle_timeout(now)` and returns the one probe it must issue (outputs still
+    /// queued from before are dropped: drain them first to check them).
+    fn probe_at(c: &mut BaselineCollector, now: Timestamp) -> BaselineProbe {
+        drain(c);
+        c.handle_timeout(now);
+        let out = drain(c);
+        match out.as_slice() {
+            [BaselineOutput::Probe(p)] => p.clone(),
+            other => panic!("expected one probe at {now}, got {other:?}"),
+        }
+    }
+
+    fn fixed_decode() -> Decode {
+        let tok = |id: u32, text: &str| DecodedToken {
+            id,
+            bytes: text.as_bytes().to_vec(),
+            logprob: Some(-0.1),
+            top: vec![
+                Candidate {
+                    id,
+                    bytes: text.as_bytes().to_vec(),
+                    logprob: Some(-0.1),
+                },
+                Candidate {
+                    id: id + 100,
+                    bytes: b"x".to_vec(),
+                    logprob: Some(-2.5),
+                },
+            ],
+        };
+        Decode {
+            text: "A rainbow forms".into(),
+            tokens: vec![tok(1, "A"), tok(2, " rainbow"), tok(3, " forms")],
+        }
+    }
+
+    /// A streamed answer sent at `sent`: first token after `ttft_ms`, then `tokens` over
+    /// `decode_ms`. Returns the instant it finished.
+    fn answer(
+        c: &mut BaselineCollector,
+        p: &BaselineProbe,
+        sent: Timestamp,
+        ttft_ms: u64,
+        decode_ms: u64,
+        tokens: u32,
+    ) -> Timestamp {
+        let first = sent + Duration::from_millis(ttft_ms);
+        let last = first + Duration::from_millis(decode_ms);
+        let observation = Observation {
+            sent_at: sent,
+            status: 200,
+            first_token_at: Some(first),
+            last_token_at: Some(last),
+            finished_at: last,
+            usage_completion_tokens: Some(tokens),
+            counted_deltas: tokens,
+            ending: Ending::Complete,
+        };
+        let decode = match p.kind {
+            ProbeKind::Fixed => fixed_decode(),
+            ProbeKind::Nonce(_) => Decode::text_only("Something else entirely"),
+        };
+        finish(
+            c,
+            p,
+            Ok(ProbeResult {
+                observation,
+                decode,
+            }),
+            last,
+        );
+        last
+    }
+
+    fn finish(
+        c: &mut BaselineCollector,
+        p: &BaselineProbe,
+        result: Result<ProbeResult, ProbeFailed>,
+        now: Timestamp,
+    ) {
+        c.handle(BaselineEvent::ProbeFinished { id: p.id, result }, now);
+    }
+
+    fn failed() -> Result<ProbeResult, ProbeFailed> {
+        Err(ProbeFailed {
+            reason: "connection refused".into(),
+        })
+    }
+
+    fn published(out: &[BaselineOutput]) -> Vec<NativeBaseline> {
+        out.iter()
+            .filter_map(|o| match o {
+                BaselineOutput::Publish(b) => Some(b.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A full, clean refresh starting at `start`: 50, 25 and 40 tok/s with 40, 200 and 60 ms
+    /// TTFT. Returns the publication and when the last probe finished.
+    fn clean_refresh(c: &mut BaselineCollector, start: Timestamp) -> (NativeBaseline, Timestamp) {
+        let p = probe_at(c, start);
+        let t = answer(c, &p, start, 40, 2_000, 100);
+        let p = probe_at(c, t + PROBE_GAP);
+        let t = answer(c, &p, t + PROBE_GAP, 200, 2_000, 50);
+        let p = probe_at(c, t + PROBE_GAP);
+        let t = answer(c, &p, t + PROBE_GAP, 60, 2_000, 80);
+        let out = drain(c);
+        let [b] = published(&out).try_into().expect("one publication");
+        (b, t)
+    }
+
+    #[test]
+    fn first_baseline_waits_30s_then_fixed_probe_and_two_nonce_probes_1s_apart() {
+        let mut c = collector("v1", BaselineCache::default());
+        ready(&mut c, M, 7, secs(100));
+        assert!(
+            drain(&mut c).is_empty(),
+            "nothing cached: nothing to publish"
+        );
+        assert_eq!(c.poll_timeout(), Some(secs(130)));
+        c.handle_timeout(secs(129));
+        assert!(drain(&mut c).is_empty());
+
+        let fixed = probe_at(&mut c, secs(130));
+        assert_eq!(fixed.kind, ProbeKind::Fixed);
+        assert_eq!(fixed.body(), fixed_probe_body(M));
+        assert_eq!(c.poll_timeout(), None, "one probe at a time");
+        let t1 = answer(&mut c, &fixed, secs(130), 40, 2_000, 100);
+        assert_eq!(c.poll_timeout(), Some(t1 + PROBE_GAP));
+
+        let n1 = probe_at(&mut c, t1 + PROBE_GAP);
+        let t2 = answer(&mut c, &n1, t1 + PROBE_GAP, 200, 2_000, 50);
+        let n2 = probe_at(&mut c, t2 + PROBE_GAP);
+        let (ProbeKind::Nonce(a), ProbeKind::Nonce(b)) = (n1.kind, n2.kind) else {
+            panic!("probes 2 and 3 carry nonces: {n1:?} {n2:?}");
+        };
+        assert_ne!(a, b);
+        assert_ne!(n1.prompt(), n2.prompt());
+        assert_eq!(n1.body()["seed"], 42);
+        assert_eq!(n1.body()["cache_prompt"], false);
+        assert_eq!(n1.body()["max_tokens"], 128);
+        assert_eq!(n1.body()["temperature"], 0.0);
+        assert!(n1.body().get("logprobs").is_none());
+        let t3 = answer(&mut c, &n2, t2 + PROBE_GAP, 60, 2_000, 80);
+
+        let out = drain(&mut c);
+        let [b] = published(&out).try_into().unwrap();
+        // Per-axis medians: tok/s of 50, 25, 40 and TTFTs of 40, 200, 60 ms.
+        assert_eq!((b.native_tps_p50, b.native_ttft_ms_p50), (40.0, 60.0));
+        assert_eq!(b.samples, 3);
+        assert_eq!(b.measured_at_unix_secs, t3.as_unix_secs());
+        assert_eq!(b.backend, Backend::Cpu);
+        assert_eq!(b.fingerprint, Some(fixed_decode().fingerprint()));
+        assert_eq!(c.published(), vec![b]);
+        assert_eq!(c.poll_timeout(), Some(t3 + REFRESH_EVERY));
+    }
+
+    #[test]
+    fn timing_uses_the_through_mesh_rules_so_a_buffered_stream_reads_wall_clock() {
+        let mut c = collector("v1", BaselineCache::default());
+        ready(&mut c, M, 7, secs(0));
+        let mut t = secs(30);
+        for _ in 0..3 {
+            let p = probe_at(&mut c, t);
+            // 128 tokens that all arrived within 1 ms, 500 ms after sending.
+            t = answer(&mut c, &p, t, 499, 1, 128) + PROBE_GAP;
+        }
+        let [b] = published(&drain(&mut c)).try_into().unwrap();
+        assert!(
+            (b.native_tps_p50 - 128.0 / 0.5).abs() < 1e-9,
+            "{}",
+            b.native_tps_p50
+        );
+        assert_eq!(b.native_ttft_ms_p50, 499.0);
+    }
+
+    #[test]
+    fn a_sample_overlapping_real_traffic_is_discarded_and_samples_says_two() {
+        let mut c = collector("v1", BaselineCache::default());
+        ready(&mut c, M, 7, secs(0));
+        let p = probe_at(&mut c, secs(30));
+        let t = answer(&mut c, &p, secs(30), 40, 2_000, 100);
+        let p = probe_at(&mut c, t + PROBE_GAP);
+        // A real chat arrives mid-probe and is still running when the probe ends.
+        c.handle(
+            BaselineEvent::InflightChanged { inflight: 1 },
+            t + PROBE_GAP,
+        );
+        let t = answer(&mut c, &p, t + PROBE_GAP, 10, 2_000, 500);
+        assert_eq!(
+            drain(&mut c),
+            [BaselineOutput::SampleDropped {
+                model: M.into(),
+                kind: p.kind,
+                reason: DropReason::OverlappedTraffic,
+            }]
+        );
+        // The next probe waits for the node to be quiet for a gap.
+        assert_eq!(c.poll_timeout(), None);
+        let quiet = t + Duration::from_secs(5);
+        c.handle(BaselineEvent::InflightChanged { inflight: 0 }, quiet);
+        assert_eq!(c.poll_timeout(), Some(quiet + PROBE_GAP));
+        let p = probe_at(&mut c, quiet + PROBE_GAP);
+        answer(&mut c, &p, quiet + PROBE_GAP, 60, 2_000, 80);
+        let [b] = published(&drain(&mut c)).try_into().unwrap();
+        assert_eq!(b.samples, 2);
+        // Medians of 50 & 40 tok/s and 40 & 60 ms: the overlapped 250 tok/s is gone.
+        assert_eq!((b.native_tps_p50, b.native_ttft_ms_p50), (45.0, 50.0));
+    }
+
+    #[test]
+    fn probes_start_only_when_no_real_request_is_in_flight() {
+        let mut c = collector("v1", BaselineCache::default());
+        ready(&mut c, M, 7, secs(0));
+        c.handle(BaselineEvent::InflightChanged { inflight: 2 }, secs(10));
+        c.handle_timeout(secs(30));
+        assert!(drain(&mut c).is_empty());
+        assert_eq!(c.poll_timeout(), None, "nothing to do until traffic ends");
+        c.handle(BaselineEvent::InflightChanged { inflight: 0 }, secs(40));
+        assert_eq!(c.poll_timeout(), Some(secs(41)));
+        assert_eq!(probe_at(&mut c, secs(41)).kind, ProbeKind::Fixed);
+    }
+
+    #[test]
+    fn a_refresh_with_one_survivor_publishes_samples_1() {
+        let mut c = collector("v1", BaselineCache::default());
+        ready(&mut c, M, 7, secs(0));
+        let p = probe_at(&mut c, secs(30));
+        finish(&mut c, &p, failed(), secs(31));
+        let mut out = drain(&mut c);
+        let p = probe_at(&mut c, secs(32));
+        let t = answer(&mut c, &p, secs(32), 80, 1_000, 30);
+        let p = probe_at(&mut c, t + PROBE_GAP);
+        let mut bad = ProbeResult {
+            observation: Observation {
+                sent_at: t + PROBE_GAP,
+                status: 503,
+                first_token_at: None,
+                last_token_at: None,
+                finished_at: t + PROBE_GAP,
+                usage_completion_tokens: None,
+                counted_deltas: 0,
+                ending: Ending::Complete,
+            },
+            decode: Decode::default(),
+        };
+        finish(&mut c, &p, Ok(bad.clone()), t + PROBE_GAP);
+        out.extend(drain(&mut c));
+        assert!(out.contains(&BaselineOutput::SampleDropped {
+            model: M.into(),
+            kind: ProbeKind::Fixed,
+            reason: DropReason::Failed("connection refused".into()),
+        }));
+        assert!(out.contains(&BaselineOutput::SampleDropped {
+            model: M.into(),
+            kind: p.kind,
+            reason: DropReason::NotRecorded(NotRecorded::Non2xxStatus),
+        }));
+        let [b] = published(&out).try_into().unwrap();
+        assert_eq!(
+            (b.samples, b.native_tps_p50, b.native_ttft_ms_p50),
+            (1, 30.0, 80.0)
+        );
+        // The fixed probe failed, so there is no fingerprint yet.
+        assert_eq!(b.fingerprint, None);
+        bad.observation.status = 200;
+        assert_eq!(
+            bad.observation.to_sample(),
+            Err(NotRecorded::UsageChunkMissing)
+        );
+    }
+
+    #[test]
+    fn a_failed_refresh_never_blanks_the_cached_value() {
+        let mut c = collector("v1", BaselineCache::default());
+        ready(&mut c, M, 7, secs(0));
+        let (good, t) = clean_refresh(&mut c, secs(30));
+        let refresh = t + REFRESH_EVERY;
+        assert_eq!(c.poll_timeout(), Some(refresh));
+        let mut now = refresh;
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            let p = probe_at(&mut c, now);
+            finish(&mut c, &p, failed(), now);
+            out.extend(drain(&mut c));
+            now = now + PROBE_GAP;
+        }
+        let retry_at = now - PROBE_GAP + RETRY_AFTER_FAILURE;
+        assert_eq!(
+            out.last(),
+            Some(&BaselineOutput::RefreshFailed {
+                model: M.into(),
+                retry_at
+            })
+        );
+        assert!(published(&out).is_empty());
+        assert_eq!(c.published(), vec![good.clone()]);
+        assert_eq!(c.poll_timeout(), Some(retry_at));
+        // The retry succeeds and replaces it.
+        let (again, _) = clean_refresh(&mut c, retry_at);
+        assert_eq!(again.samples, 3);
+        assert!(again.measured_at_unix_secs > good.measured_at_unix_secs);
+    }
+
+    #[test]
+    fn the_cache_survives_a_restart_and_is_not_remeasured_before_12h() {
+        let mut c = collector("v1", BaselineCache::default());
+        ready(&mut c, M, 7, secs(0));
+        let (b, t) = clean_refresh(&mut c, secs(30));
+        let file = c.cache().to_json();
+
+        // The node restarts an hour later.
+        let mut c = collector("v1", BaselineCache::from_json(&file).unwrap());
+        let restart = t + Duration::from_secs(3600);
+        ready(&mut c, M, 7, restart);
+        assert_eq!(published(&drain(&mut c)), vec![b.clone()]);
+        assert_eq!(c.published(), vec![b]);
+        assert_eq!(
+            c.poll_timeout(),
+            Some(Timestamp::from_secs(t.as_unix_secs()) + REFRESH_EVERY)
+        );
+    }
+
+    #[test]
+    fn a_restart_just_before_the_refresh_still_settles_first() {
+        let mut c = collector("v1", BaselineCache::default());
+        ready(&mut c, M, 7, secs(0));
+        let (_, t) = clean_refresh(&mut c, secs(30));
+        let mut c = collector("v1", c.cache().clone());
+        let restart = t + REFRESH_EVERY - Duration::from_secs(5);
+        ready(&mut c, M, 7, restart);
+        assert_eq!(c.poll_timeout(), Some(restart + SETTLE));
+    }
+
+    #[test]
+    fn touching_the_model_file_remeasures_and_withdraws_the_old_fingerprint_meanwhile() {
+        let mut c = collector("v1", BaselineCache::default());
+        ready(&mut c, M, 7, secs(0));
+        let (b, t) = clean_refresh(&mut c, secs(30));
+        assert!(b.fingerprint.is_some());
+        c.handle(
+            BaselineEvent::ModelFileSeen {
+                model: M.into(),
+                model_mtime_unix_nanos: 7,
+            },
+            t,
+        );
+        assert!(drain(&mut c).is_empty(), "same mtime: nothing changed");
+
+        let touched = t + Duration::from_secs(60);
+        c.handle(
+            BaselineEvent::ModelFileSeen {
+                model: M.into(),
+                model_mtime_unix_nanos: 8,
+            },
+            touched,
+        );
+        let [meanwhile] = published(&drain(&mut c)).try_into().unwrap();
+        assert_eq!(meanwhile.fingerprint, None);
+        assert_eq!(meanwhile.native_tps_p50, b.native_tps_p50);
+        assert_eq!(c.poll_timeout(), Some(touched + SETTLE));
+        let (fresh, _) = clean_refresh(&mut c, touched + SETTLE);
+        assert_eq!(fresh.fingerprint, b.fingerprint);
+        assert_eq!(c.cache().records[M].model_mtime_unix_nanos, 8);
+    }
+
+    #[test]
+    fn a_runtime_upgrade_invalidates_the_cached_record() {
+        let mut c = collector("v1", BaselineCache::default());
+        ready(&mut c, M, 7, secs(0));
+        let (_, t) = clean_refresh(&mut c, secs(30));
+        let mut c = collector("v2", c.cache().clone());
+        let restart = t + Duration::from_secs(60);
+        ready(&mut c, M, 7, restart);
+        let [b] = published(&drain(&mut c)).try_into().unwrap();
+        assert_eq!(
+            b.fingerprint, None,
+            "a v1 fingerprint is not vouched for by v2"
+        );
+        assert_eq!(c.poll_timeout(), Some(restart + SETTLE));
+    }
+
+    #[test]
+    fn one_probe_at_a_time_across_models() {
+        let mut c = collector("v1", BaselineCache::default());
+        ready(&mut c, "a", 1, secs(0));
+        ready(&mut c, "b", 1, secs(0));
+        let first = probe_at(&mut c, secs(30));
+        assert_eq!(first.model, "a");
+        c.handle_timeout(secs(31));
+        assert!(drain(&mut c).is_empty(), "b waits while a's probe runs");
+        let t = answer(&mut c, &first, secs(30), 40, 2_000, 100);
+        // b has been due since 30 s; a's next probe only from t + 1 s.
+        let second = probe_at(&mut c, t + PROBE_GAP);
+        assert_eq!(second.model, "b");
+        assert_eq!(second.kind, ProbeKind::Fixed);
+    }
+
+    #[test]
+    fn a_stopped_server_cancels_its_probe_and_ignores_the_late_answer() {
+        let mut c = collector("v1", BaselineCache::default());
+        ready(&mut c, M, 7, secs(0));
+        let p = probe_at(&mut c, secs(30));
+        c.handle(BaselineEvent::ServerStopped { model: M.into() }, secs(31));
+        answer(&mut c, &p, secs(30), 40, 2_000, 100);
+        assert!(drain(&mut c).is_empty());
+        assert_eq!(c.poll_timeout(), None);
+        assert!(c.published().is_empty());
+        // Ready again (same file): settle and start over with the fixed probe.
+        ready(&mut c, M, 7, secs(100));
+        assert_eq!(probe_at(&mut c, secs(130)).kind, ProbeKind::Fixed);
+    }
+
+    #[test]
+    fn same_seed_same_nonces() {
+        let nonces = |seed| {
+            let mut c = BaselineCollector::new(
+                BaselineConfig::new("v1", Backend::Cpu),
+                BaselineCache::default(),
+                Pcg64::seed_from_u64(seed),
+            );
+            ready(&mut c, M, 7, secs(0));
+            let p = probe_at(&mut c, secs(30));
+            let t = answer(&mut c, &p, secs(30), 40, 2_000, 100);
+            probe_at(&mut c, t + PROBE_GAP).kind
+        };
+        assert_eq!(nonces(1), nonces(1));
+        assert_ne!(nonces(1), nonces(2));
+    }
+
+    #[test]
+    fn cache_file_and_fixed_probe_body_snapshots() {
+        let mut c = collector(
+            "closedmesh 0.1.0 / llama.cpp b6000",
+            BaselineCache::default(),
+        );
+        ready(&mut c, M, 1_767_225_600_123_456_789, secs(1_767_225_600));
+        clean_refresh(&mut c, secs(1_767_225_630));
+        let file: serde_json::Value = serde_json::from_str(&c.cache().to_json()).unwrap();
+        insta::with_settings!({
+            snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/../snapshots/mesh-core"),
+            prepend_module_to_snapshot => false,
+        }, {
+            insta::assert_json_snapshot!("baseline_cache_file", file);
+            insta::assert_json_snapshot!("baseline_fixed_probe_body", fixed_probe_body(M));
+        });
+    }
+
+    #[test]
+    fn a_corrupt_cache_file_is_a_typed_error() {
+        assert!(BaselineCache::from_json("{\"m\": 3}").is_err());
+        assert_eq!(
+            BaselineCache::from_json("{}").unwrap(),
+            BaselineCache::default()
+        );
+    }
+}
