@@ -235,6 +235,9 @@ struct Tombstone {
     seq: u64,
     until: Timestamp,
     leaving: Option<SignedLeaving>,
+    /// A verified heartbeat newer than the tombstone: the peer is back (a healed partition).
+    /// It vouches for the content it names even though that content is older than the tombstone.
+    revival: Option<SignedHeartbeat>,
 }
 
 /// One node's gossip machine. See the module docs of [`crate::gossip`].
@@ -259,6 +262,9 @@ pub struct State {
     introduced: BTreeSet<PeerId>,
     hello_sent: BTreeMap<PeerId, Timestamp>,
     revocations: BTreeMap<(PeerId, InviteId), SignedRevocation>,
+    /// Live, reachable, active peers in id order: the gossip target candidates (a cache,
+    /// cleared whenever an entry or one of those flags changes).
+    targets: Option<Vec<PeerId>>,
     next_tick: Timestamp,
     timers: BinaryHeap<Reverse<(Timestamp, PeerId)>>,
     outputs: VecDeque<Output>,
@@ -315,6 +321,7 @@ impl State {
             introduced: BTreeSet::new(),
             hello_sent: BTreeMap::new(),
             revocations: BTreeMap::new(),
+            targets: None,
             next_tick: first_tick,
             timers: BinaryHeap::new(),
             outputs: VecDeque::new(),
@@ -475,6 +482,7 @@ impl State {
             && e.unreachable
         {
             e.unreachable = false;
+            self.targets = None;
             self.emit(Event::PeerReachable(from));
         }
         match message {
@@ -505,6 +513,7 @@ impl State {
                 self.accept_announcement(from, hello.announcement, now, &mut news, &mut wanted);
                 if let Some(e) = self.peers.get_mut(&from) {
                     e.passive = hello.passive;
+                    self.targets = None;
                 }
                 // Welcome: everything the newcomer may lack, including a newer record of itself
                 // than it presented (it restarted with a clock behind: it will jump past it).
@@ -579,10 +588,12 @@ impl State {
         if reachable {
             if e.unreachable {
                 e.unreachable = false;
+                self.targets = None;
                 self.emit(Event::PeerReachable(peer));
             }
         } else if !e.unreachable {
             e.unreachable = true;
+            self.targets = None;
             self.emit(Event::PeerUnreachable(peer));
             // Let others check too: a router that can't reach a crashed host must not be the
             // only one to stop routing to it.
@@ -670,17 +681,20 @@ impl State {
         let mut events = Vec::new();
         if !e.stale && now >= e.last_fresh + config.stale_after {
             e.stale = true;
+            self.targets = None;
             events.push(Event::PeerStale(peer));
         }
         if e.stale && now >= e.last_fresh + config.remove_after {
             let seq = e.seq();
             self.peers.remove(&peer);
+            self.targets = None;
             self.tombstones.insert(
                 peer,
                 Tombstone {
                     seq,
                     until: now + self.config.tombstone_ttl,
                     leaving: None,
+                    revival: None,
                 },
             );
             self.roster.insert(peer, now);
@@ -739,6 +753,7 @@ impl State {
     fn on_digest(&mut self, from: PeerId, d: Digest, now: Timestamp) {
         if let Some(e) = self.peers.get_mut(&from) {
             e.passive = d.passive;
+            self.targets = None;
         }
         let relay = !self.config.passive;
         let mut reply = Records::default();
@@ -821,11 +836,12 @@ impl State {
     fn on_records(&mut self, from: PeerId, records: Records, rumor: bool, now: Timestamp) {
         let mut news = Records::default();
         let mut wanted = Vec::new();
-        for a in records.announcements {
-            self.accept_announcement(from, a, now, &mut news, &mut wanted);
-        }
+        // Heartbeats first: one may vouch for an announcement in the same batch.
         for h in records.heartbeats {
             self.accept_heartbeat(from, h, now, &mut news, &mut wanted);
+        }
+        for a in records.announcements {
+            self.accept_announcement(from, a, now, &mut news, &mut wanted);
         }
         for l in records.leavings {
             self.accept_leaving(from, l, now, &mut news);
@@ -835,6 +851,7 @@ impl State {
         }
         wanted.sort();
         wanted.dedup();
+        wanted.retain(|p| self.lacks_content(p));
         self.request(from, wanted, Vec::new());
         if rumor {
             self.forward(from, news);
@@ -885,9 +902,12 @@ impl State {
             self.stats.wrong_mesh += 1;
             return;
         }
-        if self
-            .live_tombstone(&origin, now)
-            .is_some_and(|t| a.seq <= t.seq)
+        if let Some(t) = self.live_tombstone(&origin, now)
+            && a.seq <= t.seq
+            && !t
+                .revival
+                .as_ref()
+                .is_some_and(|hb| hb.value().content_seq == a.seq)
         {
             self.stats.tombstoned += 1;
             return;
@@ -905,13 +925,18 @@ impl State {
         let seq = a.seq;
         news.announcements.push(sa.clone());
         let Some(e) = self.peers.get_mut(&origin) else {
-            self.tombstones.remove(&origin);
+            let revival = self
+                .tombstones
+                .remove(&origin)
+                .and_then(|t| t.revival)
+                .filter(|hb| hb.value().seq > seq);
             self.roster.remove(&origin);
+            self.targets = None;
             self.peers.insert(
                 origin,
                 Entry {
                     announcement: sa,
-                    heartbeat: None,
+                    heartbeat: revival,
                     first_seen: now,
                     last_fresh: now,
                     stale: false,
@@ -934,6 +959,7 @@ impl State {
         if fresh {
             e.last_fresh = now;
             e.stale = false;
+            self.targets = None;
         }
         // A heartbeat newer than this content may have announced still newer content.
         if let Some(hb) = &e.heartbeat
@@ -982,7 +1008,13 @@ impl State {
             return;
         }
         let Some(e) = self.peers.get_mut(&origin) else {
-            // Alive, but we hold nothing to attach it to: fetch the announcement.
+            // Alive, but we hold nothing to attach it to: fetch the announcement, and if the
+            // peer was removed, keep the proof that it is back.
+            if let Some(t) = self.tombstones.get_mut(&origin)
+                && t.revival.as_ref().is_none_or(|r| r.value().seq < h.seq)
+            {
+                t.revival = Some(shb.clone());
+            }
             wanted.push(origin);
             return;
         };
@@ -994,6 +1026,7 @@ impl State {
         news.heartbeats.push(shb);
         if e.stale {
             e.stale = false;
+            self.targets = None;
             self.schedule(origin);
             self.emit(Event::PeerUp(origin));
         }
@@ -1036,10 +1069,12 @@ impl State {
                 seq,
                 until: now + self.config.tombstone_ttl,
                 leaving: Some(sl),
+                revival: None,
             },
         );
         self.roster.insert(origin, now);
         if self.peers.remove(&origin).is_some() {
+            self.targets = None;
             self.emit(Event::PeerRemoved {
                 peer: origin,
                 reason: Removal::Left,
@@ -1124,6 +1159,17 @@ impl State {
 
     fn is_admitted(&self, peer: &PeerId, now: Timestamp) -> bool {
         self.is_member(peer, now) || self.introduced.contains(peer)
+    }
+
+    /// We know `peer` is alive (a heartbeat) but not its current announcement.
+    fn lacks_content(&self, peer: &PeerId) -> bool {
+        match self.peers.get(peer) {
+            None => true,
+            Some(e) => e
+                .heartbeat
+                .as_ref()
+                .is_some_and(|hb| hb.value().content_seq > e.content_seq()),
+        }
     }
 
     fn live_tombstone(&self, peer: &PeerId, now: Timestamp) -> Option<&Tombstone> {
@@ -1248,19 +1294,39 @@ impl State {
 
     /// Up to `n` random live, reachable, active peers, none of `exclude`.
     fn choose(&mut self, n: usize, exclude: &[PeerId]) -> Vec<PeerId> {
-        let mut candidates: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(id, e)| !e.stale && !e.passive && !e.unreachable && !exclude.contains(id))
-            .map(|(id, _)| *id)
-            .collect();
-        let n = n.min(candidates.len());
-        for i in 0..n {
-            let j = i + below(&mut self.rng, candidates.len() - i);
-            candidates.swap(i, j);
+        let peers = &self.peers;
+        let candidates = self.targets.get_or_insert_with(|| {
+            peers
+                .iter()
+                .filter(|(_, e)| !e.stale && !e.passive && !e.unreachable)
+                .map(|(id, _)| *id)
+                .collect()
+        });
+        let len = candidates.len();
+        if len > 4 * (n + exclude.len()) {
+            // Large mesh: sample without building a copy. At least 3/4 of the candidates are
+            // eligible, so this takes a few draws.
+            let mut out = Vec::with_capacity(n);
+            while out.len() < n {
+                let p = candidates[below(&mut self.rng, len)];
+                if !exclude.contains(&p) && !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+            return out;
         }
-        candidates.truncate(n);
-        candidates
+        let mut eligible: Vec<PeerId> = candidates
+            .iter()
+            .filter(|p| !exclude.contains(p))
+            .copied()
+            .collect();
+        let n = n.min(eligible.len());
+        for i in 0..n {
+            let j = i + below(&mut self.rng, eligible.len() - i);
+            eligible.swap(i, j);
+        }
+        eligible.truncate(n);
+        eligible
     }
 
     fn schedule(&mut self, peer: PeerId) {
