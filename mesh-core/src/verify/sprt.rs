@@ -102,7 +102,7 @@ impl Default for SprtConfig {
         SprtConfig {
             alpha: 1e-3,
             beta: 0.01,
-            max_probes: 16,
+            max_probes: 32,
         }
     }
 }
