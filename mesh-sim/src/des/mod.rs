@@ -62,6 +62,8 @@ const CANNED: Timing = Timing {
 /// How much better than measured an `inflate_timings` peer says it is.
 const INFLATION: f64 = 1.5;
 const MESH_ID: &str = "sim";
+/// RTT hints a peer announces: its nearest peers.
+const RTT_HINTS: usize = 16;
 
 #[derive(Debug, Clone, Copy)]
 enum Ev {
@@ -91,6 +93,8 @@ enum Ev {
     },
     /// A peer's election has a deadline (host-claim grace, backoff).
     ElectionTimer(usize),
+    /// Re-run the elections once for everything that changed at this instant.
+    Replan,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +232,7 @@ struct World<'a> {
     /// The node whose view the plan is made on: the first entry, if any.
     observer: Option<usize>,
     plans: BTreeMap<String, Plan>,
+    replan_pending: bool,
     /// What the election weighs: the scenario's traffic per model.
     demand: BTreeMap<String, Demand>,
     counts: Vec<RequestCounts>,
@@ -335,6 +340,7 @@ impl<'a> World<'a> {
             entries,
             observer,
             plans: BTreeMap::new(),
+            replan_pending: false,
             demand,
             sla: SlaConfig {
                 catalog,
@@ -370,6 +376,10 @@ impl<'a> World<'a> {
                 Ev::Probe { peer, epoch, n } => self.probe(peer, epoch, n),
                 Ev::ElectionTimer(p) => {
                     self.peers[p].timer = None;
+                    self.request_replan();
+                }
+                Ev::Replan => {
+                    self.replan_pending = false;
                     self.replan();
                 }
             }
@@ -382,7 +392,7 @@ impl<'a> World<'a> {
     fn join(&mut self, p: usize) {
         self.peers[p].life = Life::Up;
         self.peers[p].joined_at = self.now;
-        self.replan();
+        self.request_replan();
     }
 
     fn scenario_event(&mut self, i: usize) {
@@ -422,7 +432,7 @@ impl<'a> World<'a> {
                 self.relink_pipelines();
             }
         }
-        self.replan();
+        self.request_replan();
     }
 
     /// `p` went away: its pipelines' hosts lose it, and (`crashed`) its own streams break.
@@ -531,14 +541,29 @@ impl<'a> World<'a> {
 
     // ---- the plan ----
 
+    /// Asks for one re-election after everything already queued for this instant.
+    fn request_replan(&mut self) {
+        if !self.replan_pending {
+            self.replan_pending = true;
+            self.queue.push(self.now, Ev::Replan);
+        }
+    }
+
     /// Every live contributor runs its election on its own view and carries out its duties;
     /// the deciding node's plan is kept for the report. Passes repeat while a duty changed
     /// something another peer sees (a launch makes its peer a host), at most a few times.
     fn replan(&mut self) {
         for _ in 0..4 {
             let mut changed = false;
+            let mut announcements: Vec<PeerAnnouncement> = (0..self.peers.len())
+                .map(|p| self.announcement(p))
+                .collect();
             for p in 0..self.peers.len() {
-                changed |= self.decide(p);
+                if self.decide(p, &announcements) {
+                    changed = true;
+                    // What it launched or stopped is part of what the next peers see.
+                    announcements[p] = self.announcement(p);
+                }
             }
             if !changed {
                 break;
@@ -558,14 +583,14 @@ impl<'a> World<'a> {
     }
 
     /// Runs peer `p`'s election and applies its duties. Returns whether any hosting changed.
-    fn decide(&mut self, p: usize) -> bool {
+    fn decide(&mut self, p: usize, announcements: &[PeerAnnouncement]) -> bool {
         let peer = &self.peers[p];
         let live = peer.life == Life::Up && !peer.spec.is_entry();
         // Per model: host with these workers (empty: solo), or worker for a host.
         let mut hosts: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         let mut worker_for = BTreeMap::new();
         if live {
-            let view = self.view(Some(p));
+            let view = self.view_from(Some(p), announcements);
             let index: BTreeMap<PeerId, usize> = self
                 .peers
                 .iter()
@@ -716,7 +741,7 @@ impl<'a> World<'a> {
         let model = self.models[h.model].name.clone();
         self.peers[p].election.record_launch_success(&model);
         // What runs is part of what the election weighs (hosts that route a model keep it).
-        self.replan();
+        self.request_replan();
         if solo {
             self.queue.push(
                 self.now + BASELINE_SETTLE,
@@ -806,22 +831,29 @@ impl<'a> World<'a> {
             }
         }
         a.native_baselines = peer.baselines.values().cloned().collect();
-        // What the split planner reads for host-to-worker RTTs.
+        // What the split planner reads for host-to-worker RTTs: a node has measured the peers
+        // it talks to, here its nearest few (the planner estimates the rest).
         if !spec.is_entry() {
-            a.rtt_hints = (0..self.peers.len())
-                .filter(|&q| {
-                    q != p && self.peers[q].life == Life::Up && !self.peers[q].spec.is_entry()
-                })
-                .filter(|&q| self.net.reachable(p, q))
-                .map(|q| RttHint {
+            let mut near: Vec<(u32, usize)> = (0..self.peers.len())
+                .filter(|&q| q != p && self.peers[q].life == Life::Up)
+                .filter(|&q| !self.peers[q].spec.is_entry() && self.net.reachable(p, q))
+                .map(|q| (self.net.link(p, q).rtt_ms.round() as u32, q))
+                .collect();
+            near.sort_unstable();
+            a.rtt_hints = near
+                .into_iter()
+                .take(RTT_HINTS)
+                .map(|(rtt_ms, q)| RttHint {
                     peer: self.peers[q].id,
-                    rtt_ms: self.net.link(p, q).rtt_ms.round() as u32,
+                    rtt_ms,
                 })
                 .collect();
         }
-        a.pipelines = hosted
+        // Pipelines it runs, loading ones included (their workers already serve layers).
+        a.pipelines = peer
+            .hostings
             .iter()
-            .filter(|h| !h.workers.is_empty())
+            .filter(|h| !h.draining && !h.workers.is_empty())
             .map(|h| RunningPipeline {
                 model: self.models[h.model].name.clone(),
                 workers: h.workers.iter().map(|&w| self.peers[w].id).collect(),
@@ -839,12 +871,20 @@ impl<'a> World<'a> {
     /// The mesh as `entry` (any peer; `None`: the virtual direct client) sees it: every live
     /// peer it can reach, itself included, with its RTT to each.
     fn view(&self, entry: Option<usize>) -> MeshView {
+        let announcements: Vec<PeerAnnouncement> = (0..self.peers.len())
+            .map(|p| self.announcement(p))
+            .collect();
+        self.view_from(entry, &announcements)
+    }
+
+    /// [`World::view`] from announcements already built (one per peer, by index).
+    fn view_from(&self, entry: Option<usize>, announcements: &[PeerAnnouncement]) -> MeshView {
         let me = entry.map_or(DIRECT_CLIENT, |e| self.peers[e].id);
         let peers = (0..self.peers.len())
             .filter(|&p| self.peers[p].life == Life::Up)
             .filter(|&p| entry.is_none_or(|e| self.net.reachable(e, p)))
             .map(|p| KnownPeer {
-                announcement: self.announcement(p),
+                announcement: announcements[p].clone(),
                 rtt_ms: Some((2.0 * self.one_way(entry, p)).round() as u32),
                 first_seen: self.peers[p].joined_at,
                 last_fresh: self.now,
@@ -902,15 +942,14 @@ impl<'a> World<'a> {
         self.dispatch(id);
     }
 
-    fn entry_view(&mut self, entry: Option<usize>) -> MeshView {
-        if let Some(v) = self.entries.get(&entry).and_then(|e| e.view.clone()) {
-            return v;
+    /// Builds the entry's view if a change invalidated it (views are cached between changes).
+    fn ensure_entry_view(&mut self, entry: Option<usize>) {
+        if self.entries.get(&entry).is_some_and(|e| e.view.is_none()) {
+            let v = self.view(entry);
+            if let Some(e) = self.entries.get_mut(&entry) {
+                e.view = Some(v);
+            }
         }
-        let v = self.view(entry);
-        if let Some(e) = self.entries.get_mut(&entry) {
-            e.view = Some(v.clone());
-        }
-        v
     }
 
     fn dispatch(&mut self, id: u64) {
@@ -921,15 +960,16 @@ impl<'a> World<'a> {
             return self.fail(id, "entry_unavailable");
         }
         let model = self.models[r.model].name.clone();
-        let view = self.entry_view(r.entry);
+        self.ensure_entry_view(r.entry);
         let now = self.now;
         let ep = self
             .entries
             .get_mut(&r.entry)
             .expect("every entry point exists");
+        let view = ep.view.as_ref().expect("ensured above");
         // The SLA gate and fallback decision, on entries with a provider configured.
         if let (Some(cfg), true) = (&ep.fallback, r.tried.is_empty()) {
-            let eval = sla::evaluate(&model, &view, &ep.samples.measurements(now), now, &self.sla);
+            let eval = sla::evaluate(&model, view, &ep.samples.measurements(now), now, &self.sla);
             let left = ep.budget.remaining(r.caller, now);
             if sla::decide_fallback(&eval, cfg, left).fires()
                 && ep.budget.take(r.caller, now).is_ok()
@@ -937,11 +977,11 @@ impl<'a> World<'a> {
                 return self.served_by_fallback(id);
             }
         }
-        let order = ep.router.order(&model, &view, &id.to_be_bytes(), now);
+        let order = ep.router.order(&model, view, &id.to_be_bytes(), now);
         let Some(target) = routing::next_attempt(&order, &r.tried) else {
             if let Some(cfg) = &ep.fallback {
                 let eval =
-                    sla::evaluate(&model, &view, &ep.samples.measurements(now), now, &self.sla);
+                    sla::evaluate(&model, view, &ep.samples.measurements(now), now, &self.sla);
                 let left = ep.budget.remaining(r.caller, now);
                 if sla::decide_fallback_after_mesh_failure(&eval, cfg, left).fires()
                     && ep.budget.take(r.caller, now).is_ok()

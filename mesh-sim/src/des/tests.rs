@@ -472,3 +472,23 @@ fn without_an_entry_clients_use_the_hosts_api_directly() {
     assert_eq!(m.by_host[0].at_entry, None);
     assert_eq!(m.sla.status, "meets-sla");
 }
+
+#[test]
+fn a_split_host_announces_its_running_pipeline_and_its_nearest_rtts() {
+    let s = deepseek_cohort("");
+    let mut w = World::new(&s, 1);
+    w.run();
+    // entry, mac-mini, cuda-a (the host), cuda-b
+    let host = w.announcement(2);
+    assert!(host.hosts("DeepSeek-R1-Distill-Llama-70B-Q4_K_M"));
+    assert_eq!(host.pipelines.len(), 1);
+    let workers = &host.pipelines[0].workers;
+    assert_eq!(workers.len(), 2);
+    assert!(workers.contains(&w.peers[1].id) && workers.contains(&w.peers[3].id));
+    assert_eq!(host.pipelines[0].total_group_memory_bytes, 47_700_000_000);
+    assert!(w.announcement(1).pipelines.is_empty());
+    // RTT hints name the other contributors, never the entry.
+    let hinted: Vec<PeerId> = host.rtt_hints.iter().map(|h| h.peer).collect();
+    assert_eq!(hinted.len(), 2);
+    assert!(!hinted.contains(&w.peers[0].id));
+}
