@@ -405,6 +405,7 @@ impl<'a> World<'a> {
                     self.peers[p].life = Life::Crashed;
                     self.break_peer(p, true);
                 }
+                self.cut_streams();
             }
             EventKind::Leave => {
                 for &p in &peers {
@@ -415,8 +416,14 @@ impl<'a> World<'a> {
             }
             EventKind::Restart => {
                 for &p in &peers {
-                    self.peers[p].life = Life::Up;
-                    self.peers[p].joined_at = self.now;
+                    // A fresh process: new election machine, empty in-memory sample window. The
+                    // native baseline survives (the node caches it on disk).
+                    let peer = &mut self.peers[p];
+                    peer.life = Life::Up;
+                    peer.joined_at = self.now;
+                    peer.election = Election::new();
+                    peer.samples = ModelSamples::default();
+                    peer.serving_models.clear();
                 }
             }
             EventKind::Partition => {
@@ -498,14 +505,16 @@ impl<'a> World<'a> {
         }
     }
 
-    /// After a partition, streams whose entry and host can no longer reach each other end.
+    /// Streams whose entry went down, or can no longer reach the host, end.
     fn cut_streams(&mut self) {
         let mut cut = Vec::new();
         for (p, peer) in self.peers.iter().enumerate() {
             for h in &peer.hostings {
                 for req in h.active.keys().chain(h.waiting.iter()) {
                     let entry = self.requests.get(req).and_then(|r| r.entry);
-                    if entry.is_some_and(|e| !self.net.reachable(e, p)) {
+                    let gone =
+                        |e: usize| self.peers[e].life != Life::Up || !self.net.reachable(e, p);
+                    if entry.is_some_and(gone) {
                         cut.push((p, h.epoch, *req));
                     }
                 }

@@ -492,3 +492,40 @@ fn a_split_host_announces_its_running_pipeline_and_its_nearest_rtts() {
     assert_eq!(hinted.len(), 2);
     assert!(!hinted.contains(&w.peers[0].id));
 }
+
+#[test]
+fn when_the_entry_crashes_its_streams_end_and_new_chats_find_no_entry() {
+    let crash = "[[event]]\nat_s = 300\nkind = \"crash\"\npeers = [\"entry\"]\n";
+    let s = scenario(
+        600,
+        &[QWEN8, ENTRY, &cuda("a", ""), &traffic(30.0, ""), crash],
+    );
+    let r = run(&s, 3);
+    assert!(
+        failed(&r, "entry_unavailable") > 100,
+        "{:?}",
+        model(&r).requests
+    );
+    assert!(
+        failed(&r, "client_disconnected") >= 1,
+        "{:?}",
+        model(&r).requests
+    );
+    // The host is still up and serving; only the way in is gone.
+    assert_eq!(r.peers[0].state, "crashed");
+    assert_eq!(r.peers[1].node_state, Some(NodeState::Serving));
+}
+
+#[test]
+fn a_restarted_host_starts_a_fresh_window_but_keeps_its_cached_baseline() {
+    let events = "[[event]]\nat_s = 600\nkind = \"crash\"\npeers = [\"a\"]\n\n\
+                  [[event]]\nat_s = 900\nkind = \"restart\"\npeers = [\"a\"]\n";
+    let s = scenario(
+        1_200,
+        &[QWEN8, ENTRY, &cuda("a", ""), &traffic(1.0, ""), events],
+    );
+    let r = run(&s, 2);
+    let h = &model(&r).by_host[0];
+    assert!(h.served > h.through_mesh.unwrap().samples as u64, "{h:?}");
+    assert!(h.native.is_some());
+}
