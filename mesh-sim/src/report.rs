@@ -344,7 +344,6 @@ impl Report {
                 },
                 p.node_state.map_or("-".into(), node_state),
                 p.serving_mode.map_or("-", serving_mode).into(),
-                p.serving_mode.map_or("-", serving_mode).into(),
                 if p.hosted_models.is_empty() {
                     "-".into()
                 } else {

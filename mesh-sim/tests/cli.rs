@@ -112,3 +112,21 @@ fn calibration_prints_the_checked_in_table() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/CALIBRATION.md")).unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), on_disk);
 }
+
+#[test]
+fn every_text_table_row_has_as_many_cells_as_its_header() {
+    let out = mesh_sim(&["run", &scenario()]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let peers: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("PEER"))
+        .collect();
+    let cells = |l: &str| l.split("  ").filter(|c| !c.trim().is_empty()).count();
+    assert_eq!(peers.len(), 3, "{text}");
+    assert_eq!(
+        cells(peers[1]),
+        cells(peers[0]) - 1,
+        "the entry hosts nothing: {text}"
+    );
+    assert_eq!(cells(peers[2]), cells(peers[0]), "{text}");
+}
