@@ -43,6 +43,9 @@ pub struct Config {
     pub tombstone_ttl: Duration,
     /// How long a removed member may come back without a new invite.
     pub roster_ttl: Duration,
+    /// How often a digest goes to one random removed member: after a partition longer than
+    /// `remove_after` both sides have forgotten each other, and this is how they meet again.
+    pub reconnect_interval: Duration,
     /// A probe with no result after this long no longer blocks a new one.
     pub probe_timeout: Duration,
     /// Pull state, never relay: for entries and API clients.
@@ -63,6 +66,7 @@ impl Default for Config {
             remove_after: Duration::from_secs(360),
             tombstone_ttl: Duration::from_secs(720),
             roster_ttl: Duration::from_secs(7 * 24 * 3600),
+            reconnect_interval: Duration::from_secs(60),
             probe_timeout: Duration::from_secs(5),
             passive: false,
             max_revocations: 4096,
@@ -266,6 +270,7 @@ pub struct State {
     /// cleared whenever an entry or one of those flags changes).
     targets: Option<Vec<PeerId>>,
     next_tick: Timestamp,
+    next_reconnect: Timestamp,
     timers: BinaryHeap<Reverse<(Timestamp, PeerId)>>,
     outputs: VecDeque<Output>,
     stats: Stats,
@@ -302,6 +307,7 @@ impl State {
         let mesh_id = local.mesh_id.clone();
         // Nodes started together must not tick together.
         let first_tick = now + mul_fraction(config.tick_interval, rng.next_u64());
+        let first_reconnect = first_tick + config.reconnect_interval;
         State {
             local: Signed::sign(&key, local),
             key,
@@ -323,6 +329,7 @@ impl State {
             revocations: BTreeMap::new(),
             targets: None,
             next_tick: first_tick,
+            next_reconnect: first_reconnect,
             timers: BinaryHeap::new(),
             outputs: VecDeque::new(),
             stats: Stats::default(),
@@ -468,7 +475,7 @@ impl State {
             Message::Refused(reason) => return self.on_refused(from, reason, now),
             m => m,
         };
-        if !self.is_admitted(&from, now) {
+        if !self.is_member(&from, now) {
             self.stats.unadmitted += 1;
             self.send(from, Message::Refused(AdmissionError::NotAdmitted));
             self.emit(Event::Refused {
@@ -713,14 +720,23 @@ impl State {
     fn tick(&mut self, now: Timestamp) {
         self.next_tick = now + self.config.tick_interval;
         self.prune(now);
-        // A joiner whose welcome was lost knows nobody yet: try its inviter again.
-        if self.peers.is_empty()
-            && let Some(inviter) = self.invite.as_ref().map(|i| i.value().inviter)
-            && inviter != self.me
+        // A join that never completed (the Hello or the welcome was lost, or the inviter was
+        // down): try the inviter again while the invite lasts, even if others found us since
+        // (they may be an island that only the inviter links to the rest).
+        if let Some(inv) = self.invite.as_ref().map(|i| i.value())
+            && inv.inviter != self.me
+            && now < inv.expires_at
+            && !self.peers.contains_key(&inv.inviter)
         {
+            let inviter = inv.inviter;
             self.send_hello(inviter, now);
         }
-        let targets = self.choose(self.config.anti_entropy_peers, &[]);
+        let mut targets = self.choose(self.config.anti_entropy_peers, &[]);
+        if now >= self.next_reconnect && !self.roster.is_empty() {
+            self.next_reconnect = now + self.config.reconnect_interval;
+            let pick = below(&mut self.rng, self.roster.len());
+            targets.extend(self.roster.keys().nth(pick).copied());
+        }
         if targets.is_empty() {
             return;
         }
@@ -904,10 +920,10 @@ impl State {
         }
         if let Some(t) = self.live_tombstone(&origin, now)
             && a.seq <= t.seq
-            && !t
+            && t
                 .revival
                 .as_ref()
-                .is_some_and(|hb| hb.value().content_seq == a.seq)
+                .is_none_or(|hb| hb.value().content_seq != a.seq)
         {
             self.stats.tombstoned += 1;
             return;
@@ -998,7 +1014,17 @@ impl State {
             self.stats.tombstoned += 1;
             return;
         }
-        if self.peers.get(&origin).is_some_and(|e| h.seq <= e.seq()) {
+        let held = match self.peers.get(&origin) {
+            Some(e) => Some(e.seq()),
+            None => self
+                .tombstones
+                .get(&origin)
+                .and_then(|t| t.revival.as_ref())
+                .map(|r| r.value().seq),
+        };
+        if held.is_some_and(|seq| h.seq <= seq) {
+            // Not news: in particular no new request, or a peer that cannot supply the content
+            // would be asked for it forever.
             self.stats.duplicates += 1;
             return;
         }
@@ -1148,17 +1174,16 @@ impl State {
 
     // ---- helpers ----
 
+    /// Known to be in the mesh: ourselves, a peer we hold, a remembered former member, or the
+    /// inviter of an invite we joined with.
     fn is_member(&self, peer: &PeerId, now: Timestamp) -> bool {
         *peer == self.me
             || self.peers.contains_key(peer)
+            || self.introduced.contains(peer)
             || self
                 .roster
                 .get(peer)
                 .is_some_and(|&t| now < t + self.config.roster_ttl)
-    }
-
-    fn is_admitted(&self, peer: &PeerId, now: Timestamp) -> bool {
-        self.is_member(peer, now) || self.introduced.contains(peer)
     }
 
     /// We know `peer` is alive (a heartbeat) but not its current announcement.

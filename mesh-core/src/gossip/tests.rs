@@ -1402,3 +1402,202 @@ fn view_has_me_at_rtt_zero_and_live_peers_at_the_shells_rtt() {
     sorted.sort();
     assert_eq!(order, sorted);
 }
+
+// ---- recovery paths found by the fault fuzzer (tests/gossip_ops.rs) ----
+
+#[test]
+fn newer_heartbeat_brings_back_a_removed_peer_with_its_unchanged_content() {
+    // A long partition: A removed B (tombstone at B's last seq), but B lives on with the same
+    // content. B's newer heartbeat vouches for that older content, which A then takes.
+    let (mut net, ids) = mesh(3, Config::default());
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    timeout(&mut net, b, T0 + secs(60)); // a heartbeat A hears: tombstone seq > content seq
+    net.settle_with(T0 + secs(60), |_, to, _| to == a);
+    timeout(&mut net, a, T0 + secs(420));
+    assert!(net.node(a).peer(&b).is_none());
+    net.queue.clear();
+    timeout(&mut net, b, T0 + secs(430));
+    let hb = net
+        .sent_by(b)
+        .into_iter()
+        .find_map(|(_, m)| match m {
+            Message::Rumor(r) if !r.heartbeats.is_empty() => Some(r.clone()),
+            _ => None,
+        })
+        .expect("B heartbeats");
+    net.queue.clear();
+    net.input(
+        a,
+        Input::Message {
+            from: c,
+            message: Message::Rumor(hb),
+        },
+        T0 + secs(430),
+    );
+    // A asks the relay for the content the heartbeat names ...
+    let asked: Vec<_> = net
+        .sent_by(a)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, Message::Request(r) if r.peers == vec![b]))
+        .collect();
+    assert_eq!(asked.len(), 1);
+    // ... and the content, older than the tombstone, gets in on the heartbeat's word.
+    let content = net.node(b).local().clone();
+    net.input(
+        a,
+        Input::Message {
+            from: c,
+            message: Message::Records(Records {
+                announcements: vec![content],
+                ..Records::default()
+            }),
+        },
+        T0 + secs(431),
+    );
+    let info = net.node(a).peer(&b).expect("B is back");
+    assert_eq!(info.seq, net.node(b).seq());
+    assert!(net.take_events(a).contains(&Event::PeerUp(b)));
+}
+
+#[test]
+fn relay_that_cannot_supply_the_content_is_asked_only_once() {
+    // A holds only a tombstone and a revival heartbeat for B; C's replies carry a stale copy
+    // that cannot be taken. Re-sending the same heartbeat must not trigger new requests.
+    let (mut net, ids) = mesh(3, Config::default());
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    timeout(&mut net, b, T0 + secs(60));
+    net.settle_with(T0 + secs(60), |_, to, _| to == a);
+    let mut changed = net.node(b).local().value().clone();
+    changed.hostname = "unseen".into();
+    net.input(b, Input::UpdateLocal(Box::new(changed)), T0 + secs(61));
+    net.queue.clear();
+    timeout(&mut net, a, T0 + secs(420));
+    net.queue.clear();
+    timeout(&mut net, b, T0 + secs(430));
+    let hb = net
+        .sent_by(b)
+        .into_iter()
+        .find_map(|(_, m)| match m {
+            Message::Rumor(r) if !r.heartbeats.is_empty() => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap();
+    net.queue.clear();
+    for i in 0..3 {
+        net.input(
+            a,
+            Input::Message {
+                from: c,
+                message: Message::Records(hb.clone()),
+            },
+            T0 + secs(431 + i),
+        );
+    }
+    let requests = net
+        .sent_by(a)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, Message::Request(_)))
+        .count();
+    assert_eq!(requests, 1);
+}
+
+#[test]
+fn removed_member_gets_a_digest_now_and_then_so_a_long_partition_heals() {
+    // B and C both joined through A, which is gone; a partition outlasts remove_after, so B and C
+    // forget each other and neither holds an invite that leads to the other.
+    let config = Config::default();
+    let reconnect = config.reconnect_interval;
+    let (mut net, ids) = mesh(3, config);
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    net.nodes.remove(&a);
+    let step = |net: &mut Net, deliver: bool| {
+        let now = [b, c]
+            .map(|p| net.node(p).poll_timeout().unwrap())
+            .into_iter()
+            .min()
+            .unwrap();
+        for p in [b, c] {
+            if net.node(p).poll_timeout() == Some(now) {
+                timeout(net, p, now);
+            }
+        }
+        if deliver {
+            net.settle(now);
+        } else {
+            net.queue.clear();
+        }
+        now
+    };
+    while step(&mut net, false) < T0 + secs(500) {}
+    assert!(net.node(b).peer(&c).is_none() && net.node(c).peer(&b).is_none());
+    let healed = T0 + secs(500);
+    let mut now = healed;
+    while now < healed + reconnect * 3 && net.node(b).peer(&c).is_none() {
+        now = step(&mut net, true);
+    }
+    assert!(net.node(b).peer(&c).is_some() && net.node(c).peer(&b).is_some());
+}
+
+#[test]
+fn join_that_never_completed_is_retried_each_tick_while_the_invite_lasts() {
+    let (mut net, ids) = mesh(2, Config::default());
+    let a = ids[0];
+    let inv = net
+        .nodes
+        .get_mut(&a)
+        .unwrap()
+        .mint_invite(vec![], secs(600), T0);
+    let j = net.add(node(20, Config::default(), T0));
+    net.input(j, Input::Join(inv), T0);
+    net.queue.clear(); // the Hello is lost
+    let mut hellos = 0;
+    let mut now = T0;
+    while now < T0 + secs(900) {
+        now = net.node(j).poll_timeout().unwrap();
+        timeout(&mut net, j, now);
+        hellos += net
+            .queue
+            .iter()
+            .filter(|(_, _, m)| matches!(m, Message::Hello(_)))
+            .count();
+        net.queue.clear();
+    }
+    assert!(
+        (9..=11).contains(&hellos),
+        "one Hello per tick until the invite expires, got {hellos}"
+    );
+}
+
+#[test]
+fn the_inviter_of_our_own_invite_vouches_for_invites_it_minted_for_others() {
+    // J joined through A but only ever met B; C, holding an invite from A too, asks J.
+    let (mut net, ids) = mesh(2, Config::default());
+    let a = ids[0];
+    let j = net.add(node(20, Config::default(), T0));
+    let inv_j = net
+        .nodes
+        .get_mut(&a)
+        .unwrap()
+        .mint_invite(vec![], invite::DEFAULT_TTL, T0);
+    net.input(j, Input::Join(inv_j), T0);
+    net.queue.clear();
+    let c = net.add(node(21, Config::default(), T0));
+    let inv_c = net
+        .nodes
+        .get_mut(&a)
+        .unwrap()
+        .mint_invite(vec![], invite::DEFAULT_TTL, T0);
+    let m = hello_from(net.node(c), Some(inv_c.clone()));
+    net.input(
+        j,
+        Input::Message {
+            from: c,
+            message: m,
+        },
+        T0,
+    );
+    assert!(net.take_events(j).contains(&Event::Admitted {
+        peer: c,
+        by: AdmittedBy::Invite(inv_c.value().id)
+    }));
+}
