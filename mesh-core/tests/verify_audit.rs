@@ -172,9 +172,7 @@ fn a_match_reverses_a_demotion_at_once() {
         h.step();
     }
     // The operator fixed the peer: it now serves the real model.
-    h.behaviour = Behaviour::Honest {
-        near_tie_hazard: 0.0,
-    };
+    h.behaviour = Behaviour::EXACT;
     let mut reinstated = false;
     loop {
         let out = h.step();
@@ -388,10 +386,9 @@ fn a_pinned_reference_catches_a_peer_publishing_a_foreign_fingerprint_only_toget
     // The peer honestly publishes and serves canned text: consistent with itself. Against an
     // operator-pinned reference it diverges at token 0 — one deterministic observation, worth
     // ln 50 < the mismatch threshold: not enough alone, by design.
-    let canned = verify_support::decode_of(&answer_ids(
+    let canned = decode_of(&answer_ids(
         Behaviour::CannedText,
-        FIXED_PROBE_PROMPT,
-        48,
+        &reference_decode(FIXED_PROBE_PROMPT, 48),
         &mut Pcg64::seed_from_u64(0),
     ))
     .fingerprint();

@@ -227,8 +227,9 @@ pub fn compare_text(reference: &Decode, peer_text: &str, cfg: &CompareConfig) ->
     }
     // Could the peer have picked a near-tie candidate at `at` or a little earlier (a longer
     // token that swallowed the next reference tokens)? It must match the peer's bytes from that
-    // position through the first differing byte.
-    const LOOK_BACK: usize = 3;
+    // position up to the first differing byte — through it, or ending right before it (a
+    // shorter token, after which the peer went on from different context).
+    const LOOK_BACK: usize = 8;
     let mut any_candidates = false;
     for k in (at.saturating_sub(LOOK_BACK)..=at).rev() {
         let chosen = &reference.tokens[k];
@@ -237,7 +238,7 @@ pub fn compare_text(reference: &Decode, peer_text: &str, cfg: &CompareConfig) ->
         let explains = cfg.ranked(&chosen.top).iter().any(|c| {
             !c.bytes.is_empty()
                 && c.id != chosen.id
-                && starts[k] + c.bytes.len() > first_diff
+                && starts[k] + c.bytes.len() >= first_diff
                 && from.starts_with(&c.bytes)
                 && cfg.is_near_tie(chosen, c)
         });
@@ -418,6 +419,15 @@ mod tests {
         r.tokens.push(tok(13, "and", &[(13, "and", -0.1)]));
         let c = compare_text(&r, "A rainbow is a bow", &cfg(6));
         assert_eq!(c, Comparison::diverged(4, DivergenceKind::NearTie));
+    }
+
+    #[test]
+    fn a_shorter_near_tie_token_is_a_near_tie_whatever_follows() {
+        // The reference chose " an", the peer its runner-up " a" and then went on its own way.
+        let mut r = reference();
+        r.tokens[3] = tok(9, " an", &[(9, " an", -0.4), (14, " a", -0.5)]);
+        let c = compare_text(&r, "A rainbow is a colourful arc", &cfg(5));
+        assert_eq!(c, Comparison::diverged(3, DivergenceKind::NearTie));
     }
 
     #[test]

@@ -30,25 +30,35 @@ fn mix(mut h: u64) -> u64 {
     h ^ (h >> 33)
 }
 
-fn word(prompt: &str, position: usize, rank: usize) -> u32 {
-    let seed = prompt.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+fn prompt_seed(prompt: &str) -> u64 {
+    prompt.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
+    })
+}
+
+fn word(seed: u64, position: usize, rank: usize) -> u32 {
     (mix(seed ^ mix(position as u64 * 8 + rank as u64)) % 10_000) as u32
 }
 
 pub fn piece(id: u32) -> Vec<u8> {
-    format!(" w{id:05}").into_bytes()
+    let mut p = *b" w00000";
+    let mut n = id;
+    for digit in p[2..].iter_mut().rev() {
+        *digit = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    p.to_vec()
 }
 
 /// The toy model's greedy decode of `prompt`, with candidates and logprobs.
 pub fn reference_decode(prompt: &str, len: usize) -> Decode {
+    let seed = prompt_seed(prompt);
     let tokens: Vec<DecodedToken> = (0..len)
         .map(|i| {
             let mut ids: Vec<u32> = Vec::new();
             let mut rank = 0;
             while ids.len() < 5 {
-                let w = word(prompt, i, rank);
+                let w = word(seed, i, rank);
                 if !ids.contains(&w) {
                     ids.push(w);
                 }
@@ -81,12 +91,15 @@ pub fn reference_decode(prompt: &str, len: usize) -> Decode {
 }
 
 /// A decode made of `ids` (no candidates): what a peer's answer looks like as tokens.
+/// The text of the answer `ids`.
+pub fn text_of(ids: &[u32]) -> String {
+    let bytes: Vec<u8> = ids.iter().flat_map(|&id| piece(id)).collect();
+    String::from_utf8(bytes).expect("pieces are ASCII")
+}
+
 pub fn decode_of(ids: &[u32]) -> Decode {
     Decode {
-        text: ids
-            .iter()
-            .map(|&id| String::from_utf8(piece(id)).unwrap())
-            .collect(),
+        text: text_of(ids),
         tokens: ids
             .iter()
             .map(|&id| DecodedToken {
@@ -102,12 +115,13 @@ pub fn decode_of(ids: &[u32]) -> Decode {
 /// How a simulated peer answers a probe.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Behaviour {
-    /// The real model; on another backend it flips a near-tie (the runner-up) with this
-    /// per-token chance, then goes its own way.
-    Honest { near_tie_hazard: f64 },
-    /// Honest, except that every token has this chance of being one the reference gave no
-    /// chance (the modelled upper bound for honest peers is 0.002).
-    HonestWithGenuineNoise { genuine_hazard: f64 },
+    /// The real model on another backend: per token, a chance of flipping a near-tie (the
+    /// runner-up) and a chance of a token the reference gave no chance (the model's honest
+    /// worst case is 0.002); after either it goes its own way.
+    Honest {
+        near_tie_hazard: f64,
+        genuine_hazard: f64,
+    },
     /// A cheaper quant: at each token, 14% chance of a genuine divergence and 15% of a
     /// near-tie one (as Q4_0 measured against Q4_1).
     CheaperQuant,
@@ -117,9 +131,17 @@ pub enum Behaviour {
     ReplayFingerprint,
 }
 
-/// The peer's answer, as ids, to `prompt`.
-pub fn answer_ids(b: Behaviour, prompt: &str, len: usize, rng: &mut Pcg64) -> Vec<u32> {
-    let reference = reference_decode(prompt, len);
+impl Behaviour {
+    /// The real model on the reference's own backend: the same greedy decode.
+    pub const EXACT: Behaviour = Behaviour::Honest {
+        near_tie_hazard: 0.0,
+        genuine_hazard: 0.0,
+    };
+}
+
+/// The peer's answer, as ids, to the probe whose reference decode is `reference`.
+pub fn answer_ids(b: Behaviour, reference: &Decode, rng: &mut Pcg64) -> Vec<u32> {
+    let len = reference.tokens.len();
     let unit = |rng: &mut Pcg64| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
     let own_way = |from: usize, rng: &mut Pcg64| -> Vec<u32> {
         (from..len)
@@ -139,12 +161,20 @@ pub fn answer_ids(b: Behaviour, prompt: &str, len: usize, rng: &mut Pcg64) -> Ve
         out
     };
     match b {
-        Behaviour::Honest { near_tie_hazard } => follow(
-            &|i, rng| (unit(rng) < near_tie_hazard).then(|| reference.tokens[i].top[1].id),
-            rng,
-        ),
-        Behaviour::HonestWithGenuineNoise { genuine_hazard } => follow(
-            &|_, rng| (unit(rng) < genuine_hazard).then_some(FOREIGN + 1),
+        Behaviour::Honest {
+            near_tie_hazard,
+            genuine_hazard,
+        } => follow(
+            &|i, rng| {
+                let u = unit(rng);
+                if u < genuine_hazard {
+                    Some(FOREIGN + 1)
+                } else if u < genuine_hazard + near_tie_hazard {
+                    Some(reference.tokens[i].top[1].id)
+                } else {
+                    None
+                }
+            },
             rng,
         ),
         Behaviour::CheaperQuant => follow(
@@ -226,9 +256,7 @@ impl Harness {
             auditor: Auditor::new(peer_id(1), config, Pcg64::seed_from_u64(seed), T0).unwrap(),
             view,
             now: T0,
-            behaviour: Behaviour::Honest {
-                near_tie_hazard: 0.0,
-            },
+            behaviour: Behaviour::EXACT,
             rng: Pcg64::seed_from_u64(seed ^ 0x5eed),
         }
     }
@@ -270,7 +298,8 @@ impl Harness {
     }
 
     fn peer_answer(&mut self, probe: &AuditProbe) -> Decode {
-        let ids = answer_ids(self.behaviour, probe.prompt.as_str(), 48, &mut self.rng);
+        let reference = reference_decode(probe.prompt.as_str(), 48);
+        let ids = answer_ids(self.behaviour, &reference, &mut self.rng);
         let mut d = decode_of(&ids);
         if probe.params.top_logprobs.is_none() {
             d.tokens.clear(); // an ordinary chat: text only
