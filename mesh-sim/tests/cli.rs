@@ -123,10 +123,6 @@ fn every_text_table_row_has_as_many_cells_as_its_header() {
         .collect();
     let cells = |l: &str| l.split("  ").filter(|c| !c.trim().is_empty()).count();
     assert_eq!(peers.len(), 3, "{text}");
-    assert_eq!(
-        cells(peers[1]),
-        cells(peers[0]) - 1,
-        "the entry hosts nothing: {text}"
-    );
-    assert_eq!(cells(peers[2]), cells(peers[0]), "{text}");
+    // Empty cells print `-`, so every row has the header's columns.
+    assert!(peers.iter().all(|l| cells(l) == cells(peers[0])), "{text}");
 }
