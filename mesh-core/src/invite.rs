@@ -4,8 +4,9 @@
 //! *inviter*) and carries the inviter's dialing information (opaque bytes the shell fills: iroh's
 //! serialised `EndpointAddr`), so a joiner knows whom to dial. The admitting peer accepts it when
 //! the signature is the inviter's, the mesh is its own, it has not expired, it is not revoked and
-//! the inviter is a member it knows (itself, a live peer, or a remembered former member). There is
-//! no founder key: a mesh has no single point whose loss stops it from growing.
+//! the inviter is a member it knows (itself, a live peer, a remembered former member, or the
+//! inviter of the invite it joined with). There is no founder key: a mesh has no single point
+//! whose loss stops it from growing, and any member can let others in (members are trusted).
 //!
 //! Invites are bearer credentials, usable until they expire (default 24 h). The inviter revokes
 //! one with a signed [`Revocation`], which gossip spreads to every member and each keeps until the

@@ -74,3 +74,42 @@ pub fn admit(
         None => Err(AdmissionError::MissingInvite),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The shell logs these verbatim: each must say what was wrong and, where it can, what to do.
+    #[test]
+    fn refusal_reasons_read_as_clear_log_lines() {
+        let expired = AdmissionError::Invite(InviteError::Expired {
+            expires_at: Timestamp::from_secs(1_750_086_400),
+            now: Timestamp::from_secs(1_750_090_000),
+        });
+        assert_eq!(
+            expired.to_string(),
+            "invite refused: invite expired at t=1750086400.000s (now t=1750090000.000s); \
+             mint a new one with `mesh-node invite`"
+        );
+        let wrong_mesh = AdmissionError::Invite(InviteError::WrongMesh {
+            expected: "mesh-a".into(),
+            found: "mesh-b".into(),
+        });
+        assert_eq!(
+            wrong_mesh.to_string(),
+            "invite refused: invite is for mesh \"mesh-b\", this is mesh \"mesh-a\""
+        );
+        assert_eq!(
+            AdmissionError::Invite(InviteError::BadSignature).to_string(),
+            "invite refused: invite signature does not verify: altered or not signed by its inviter"
+        );
+        let mismatch = AdmissionError::IdentityMismatch {
+            claimed: PeerId([0xaa; 32]),
+            transport: PeerId([0xbb; 32]),
+        };
+        assert_eq!(
+            mismatch.to_string(),
+            "hello announcement is signed by aaaaaaaaaa but the connection is from bbbbbbbbbb"
+        );
+    }
+}

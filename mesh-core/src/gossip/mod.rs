@@ -22,7 +22,26 @@
 //!   don't resurrect it, while a genuinely newer seq does;
 //! - a `PeerDown` from a third party only triggers a direct probe; a failed probe marks the peer
 //!   unreachable from here (not dialable in the [`crate::MeshView`]) but never removes it;
-//! - only admitted peers are heard ([`admission`]).
+//! - only admitted peers are heard ([`admission`]);
+//! - what was forgotten is found again: a join that never completed is retried while its invite
+//!   lasts, and every [`Config::reconnect_interval`] a digest goes to one removed member, so both
+//!   sides of a partition longer than `remove_after` meet again.
+//!
+//! The shell's side of the contract (mesh-node over iroh, mesh-sim over its network):
+//! - pass every decoded inbound frame as [`Input::Message`] with the connection's *transport*
+//!   identity (iroh's authenticated remote endpoint id) as `from`; never trust a claimed id;
+//! - [`Output::SendMessage`]: [`wire::encode`] and write it on a connection to `to`, dialing if
+//!   needed; if that fails, feed [`Input::ConnectionLost`]. [`Output::Dial`] carries the only
+//!   address the core knows (an invite's); [`Output::Disconnect`] closes after flushing;
+//! - [`Output::Probe`]: try to reach the peer directly (connect / ping, a few seconds at most)
+//!   and answer with [`Input::ProbeResult`];
+//! - sleep until [`State::poll_timeout`], then feed [`Input::Timeout`];
+//! - feed [`Input::UpdateLocal`] whenever the node's own announcement content changes (the core
+//!   ignores unchanged content), [`Input::Leave`] on a clean shutdown, [`Input::Join`] with the
+//!   stored invite on every start of a node that joined one;
+//! - persist [`State::members`] now and then and hand it back with [`State::remember_members`]
+//!   after a restart: otherwise a restarted node refuses old members whose invites expired;
+//! - build decisions on [`State::view`], passing its own RTT measurements.
 
 pub mod admission;
 pub mod sign;

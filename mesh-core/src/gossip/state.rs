@@ -541,12 +541,13 @@ impl State {
     fn on_refused(&mut self, from: PeerId, reason: AdmissionError, now: Timestamp) {
         let forgotten = reason == AdmissionError::NotAdmitted;
         self.emit(Event::RefusedBy { peer: from, reason });
-        // The other side forgot us (it restarted): introduce ourselves again, at most once a tick.
+        // A member forgot us (it restarted): introduce ourselves again, at most once a tick.
+        // Never to a stranger: a Hello carries our invite, a bearer credential.
         let recently = self
             .hello_sent
             .get(&from)
             .is_some_and(|&t| now < t + self.config.tick_interval);
-        if forgotten && !recently {
+        if forgotten && !recently && self.is_member(&from, now) {
             self.send_hello(from, now);
         }
     }
@@ -920,8 +921,7 @@ impl State {
         }
         if let Some(t) = self.live_tombstone(&origin, now)
             && a.seq <= t.seq
-            && t
-                .revival
+            && t.revival
                 .as_ref()
                 .is_none_or(|hb| hb.value().content_seq != a.seq)
         {

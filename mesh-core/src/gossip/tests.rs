@@ -1601,3 +1601,26 @@ fn the_inviter_of_our_own_invite_vouches_for_invites_it_minted_for_others() {
         by: AdmittedBy::Invite(inv_c.value().id)
     }));
 }
+
+#[test]
+fn a_strangers_not_admitted_does_not_fish_out_our_invite() {
+    let (mut net, ids) = mesh(2, Config::default());
+    let b = ids[1];
+    let stranger = key(99).peer_id();
+    net.input(
+        b,
+        Input::Message {
+            from: stranger,
+            message: Message::Refused(AdmissionError::NotAdmitted),
+        },
+        T0 + secs(100),
+    );
+    assert!(
+        net.queue.is_empty(),
+        "no Hello (with our invite) to a stranger"
+    );
+    assert!(net.take_events(b).contains(&Event::RefusedBy {
+        peer: stranger,
+        reason: AdmissionError::NotAdmitted
+    }));
+}
