@@ -16,6 +16,20 @@
 //! `<data dir>/native-baselines.json`. A record whose key no longer matches keeps publishing its
 //! timings until re-measured, but never its fingerprint: a stale fingerprint would make the
 //! verifier doubt an honest peer.
+//!
+//! # Driving it (the shell)
+//!
+//! - [`BaselineEvent::ServerReady`] when a solo llama-server turns healthy (with the GGUF's
+//!   mtime), [`BaselineEvent::ServerStopped`] when it stops or the model moves to a split;
+//! - [`BaselineEvent::ModelFileSeen`] from a periodic look at the file;
+//! - [`BaselineEvent::InflightChanged`] whenever the node's count of real requests in flight
+//!   changes (an entry's audit probes on its own server count too: they load the same GPU);
+//! - on [`BaselineOutput::Probe`]: POST `body()` to that llama-server's `/v1/chat/completions`,
+//!   observe it with the proxy's own timing code, build the [`Decode`] (content text; for the
+//!   fixed probe also `logprobs.content[]`), and report [`BaselineEvent::ProbeFinished`];
+//! - on [`BaselineOutput::Publish`]: announce [`BaselineCollector::published`] and write
+//!   [`BaselineCache::to_json`] of [`BaselineCollector::cache`] to the data dir;
+//! - call [`BaselineCollector::handle_timeout`] at [`BaselineCollector::poll_timeout`].
 
 use crate::peer::{Backend, Fingerprint, ModelName, NativeBaseline};
 use crate::samples::{NotRecorded, Observation, Sample, median};

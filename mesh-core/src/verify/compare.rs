@@ -254,35 +254,32 @@ pub fn compare_text(reference: &Decode, peer_text: &str, cfg: &CompareConfig) ->
     Comparison::diverged(at, kind)
 }
 
-/// Compares two fingerprints (ids, and candidate ids where known) of the same fixed probe. A
-/// divergent id in either side's candidates is a near-tie; fingerprints carry no logprobs, so
-/// rank is the only tolerance. Without ids on either side only equal hashes say anything.
+/// Compares two fingerprints (ids, and the reference's candidate ids where known) of the same
+/// fixed probe. A divergent id among the reference's candidates is a near-tie; fingerprints
+/// carry no logprobs, so rank is the only tolerance. The peer's own candidate lists are never
+/// consulted: a cheat could write any ids there. Without ids on either side only equal hashes
+/// say anything.
 pub fn compare_fingerprints(
     reference: &Fingerprint,
     peer: &Fingerprint,
     cfg: &CompareConfig,
 ) -> Comparison {
+    let window = (cfg.window as usize).min(FINGERPRINT_TOKENS);
     if reference.token_ids.is_empty() || peer.token_ids.is_empty() {
         return if reference.output_hash == peer.output_hash {
             // Identical text, so identical tokens: as far as either side's ids go, else the
             // whole window.
             let known = reference.token_ids.len().max(peer.token_ids.len());
             Comparison::agreed(if known == 0 {
-                cfg.window as usize
+                window
             } else {
-                known
+                known.min(window)
             })
         } else {
             Comparison::EMPTY
         };
     }
-    let window = (cfg.window as usize).min(FINGERPRINT_TOKENS);
     let n = reference.token_ids.len().min(window);
-    let ranked = |top: &[Vec<u32>], i: usize| -> Option<Vec<u32>> {
-        top.get(i)
-            .filter(|c| !c.is_empty())
-            .map(|c| c[..c.len().min(cfg.near_tie_rank as usize)].to_vec())
-    };
     for i in 0..n {
         let r = reference.token_ids[i];
         let Some(&p) = peer.token_ids.get(i) else {
@@ -291,16 +288,12 @@ pub fn compare_fingerprints(
         if p == r {
             continue;
         }
-        let ref_top = ranked(&reference.top_k, i);
-        let peer_top = ranked(&peer.top_k, i);
-        let kind = if ref_top.as_ref().is_some_and(|c| c.contains(&p))
-            || peer_top.as_ref().is_some_and(|c| c.contains(&r))
-        {
-            DivergenceKind::NearTie
-        } else if ref_top.is_none() && peer_top.is_none() {
-            DivergenceKind::Unjudged
-        } else {
-            DivergenceKind::Genuine
+        let kind = match reference.top_k.get(i).filter(|c| !c.is_empty()) {
+            None => DivergenceKind::Unjudged,
+            Some(top) if top.iter().take(cfg.near_tie_rank as usize).any(|&c| c == p) => {
+                DivergenceKind::NearTie
+            }
+            Some(_) => DivergenceKind::Genuine,
         };
         return Comparison::diverged(i, kind);
     }
@@ -492,7 +485,7 @@ mod tests {
     }
 
     #[test]
-    fn fingerprints_compare_by_id_with_either_sides_candidates_as_tolerance() {
+    fn fingerprints_compare_by_id_with_the_references_candidates_as_tolerance() {
         let r = fp(&[1, 2, 3, 4], &[&[1, 9], &[2, 8], &[3, 7], &[4, 6]]);
         assert_eq!(
             compare_fingerprints(&r, &r, &cfg(32)),
@@ -501,9 +494,10 @@ mod tests {
         // 7 is the reference's runner-up at position 2.
         let c = compare_fingerprints(&r, &fp(&[1, 2, 7, 0], &[]), &cfg(32));
         assert_eq!(c, Comparison::diverged(2, DivergenceKind::NearTie));
-        // The reference's 3 is in the peer's own candidates at position 2.
+        // A peer cannot excuse a divergence by listing the reference's token among its own
+        // candidates.
         let c = compare_fingerprints(&r, &fp(&[1, 2, 5], &[&[1], &[2], &[5, 3]]), &cfg(32));
-        assert_eq!(c, Comparison::diverged(2, DivergenceKind::NearTie));
+        assert_eq!(c, Comparison::diverged(2, DivergenceKind::Genuine));
         let c = compare_fingerprints(&r, &fp(&[1, 5], &[]), &cfg(32));
         assert_eq!(c, Comparison::diverged(1, DivergenceKind::Genuine));
         let bare = fp(&[1, 2, 3, 4], &[]);

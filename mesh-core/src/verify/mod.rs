@@ -29,11 +29,19 @@
 //!
 //! | behaviour | caught by | how fast (defaults) |
 //! |---|---|---|
-//! | cheaper quant (Q4_0 for Q4_1, Q2_K for Q4_K_M) | ground truth | 2 genuine early divergences: ~2–5 probes |
-//! | smaller model of the family | ground truth | like Q2_K or faster |
-//! | canned text | ground truth; fingerprint mode (vs. its own fingerprint) | 2 probes; 1 |
+//! | cheaper quant | ground truth | real SmolLM2 decodes: Q4_0 for Q4_1 in 2–5 probes, Q2_K in 2–3; simulated Q4_0-like peers: median 4, p90 9 |
+//! | smaller model of the family | ground truth | diverges like Q2_K or sooner |
+//! | canned text | ground truth; fingerprint mode (it contradicts its own fingerprint) | 2 probes; 1 |
 //! | replaying the published fingerprint | ground truth only: a fresh prompt has another answer | 2 probes |
 //! | serving honestly only when it recognises a probe | ground truth, as far as probes are unrecognisable | — |
+//!
+//! Honest peers: the same quant at another thread count agreed on all 32 tokens of 16 real
+//! prompts; a Q8_0 requantisation (a harsher perturbation than another backend) diverged in 9 of
+//! 16 — a naive prefix rule would flag all 9 — always on near-ties, and was matched. Simulated
+//! honest peers with a near-tie flip every 20 tokens *and* genuine-looking noise at the model's
+//! worst case were falsely accused in 6 of 10,000 tests (`alpha` = 1e-3); with near-ties alone,
+//! never (a property test). Fingerprint mode rarely reaches *match*: one deterministic answer is
+//! little evidence, and it exists to catch contradictions.
 //!
 //! # The shape of a probe (why temperature 0 stays)
 //!
@@ -47,6 +55,17 @@
 //! sampled (temperature > 0) requests is beyond any greedy check; a peer that reads this source
 //! could learn the built-in corpus's phrasings (operators can supply private lists); and the
 //! fixed probe of fingerprint mode is recognisable by design.
+//!
+//! # Driving the auditor (entry shell)
+//!
+//! Call [`Auditor::handle_timeout`] at [`Auditor::poll_timeout`] with the current mesh view.
+//! Perform `RunOnOwnServer` by POSTing `probe.body(model)` to the local llama-server and turning
+//! `choices[0].logprobs.content[]` (`id`, `bytes`, `logprob`, `top_logprobs[]`) into
+//! [`Decode::tokens`]; perform `SendToPeer` by routing `probe.body(model)` to that peer exactly
+//! as a user's chat (same endpoint, headers and streaming), reading the whole answer — its
+//! content text is enough unless the probe asked for logprobs. Feed each answer to
+//! [`Auditor::handle_answer`]; a non-2xx status or a broken stream is `Err(ProbeFailed)`.
+//! Status rows take [`Auditor::verify_by_model`]; routing skips [`Auditor::is_demoted`] pairs.
 //!
 //! **Privacy**: no type here can carry a user's prompt — [`SyntheticPrompt`] has no public
 //! constructor from text and no `Deserialize`.
