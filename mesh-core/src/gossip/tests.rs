@@ -1624,3 +1624,34 @@ fn a_strangers_not_admitted_does_not_fish_out_our_invite() {
         reason: AdmissionError::NotAdmitted
     }));
 }
+
+#[test]
+fn revocation_is_gossiped_in_digests_until_its_invite_would_have_expired() {
+    let (mut net, ids) = mesh(3, Config::default());
+    let a = ids[0];
+    let inv = net
+        .nodes
+        .get_mut(&a)
+        .unwrap()
+        .mint_invite(vec![], secs(600), T0);
+    let (id, expires_at) = (inv.value().id, inv.value().expires_at);
+    net.input(a, Input::RevokeInvite { id, expires_at }, T0);
+    net.settle(T0);
+    let digests_at = |net: &mut Net, now: Timestamp| {
+        net.queue.clear();
+        let mut t = now;
+        loop {
+            t = net.node(a).poll_timeout().unwrap().max(t);
+            timeout(net, a, t);
+            if let Some((_, Message::Digest(d))) = net
+                .sent_by(a)
+                .into_iter()
+                .find(|(_, m)| matches!(m, Message::Digest(_)))
+            {
+                return d.revocations.clone();
+            }
+        }
+    };
+    assert_eq!(digests_at(&mut net, T0 + secs(540)), vec![(a, id)]);
+    assert_eq!(digests_at(&mut net, T0 + secs(600)), vec![]);
+}
