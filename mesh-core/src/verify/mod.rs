@@ -53,15 +53,16 @@
 //! mesh's own clients), so it marks a request as "possibly a probe" only as much as it marks a
 //! large share of real chats. The residual limits, stated plainly: a peer that cheats only on
 //! sampled (temperature > 0) requests is beyond any greedy check; a peer that reads this source
-//! could learn the built-in corpus's phrasings (operators can supply private lists); and the
-//! fixed probe of fingerprint mode is recognisable by design.
+//! could learn the built-in corpus's phrasings (operators can supply private lists); the fixed
+//! probe of fingerprint mode is recognisable by design, and a peer that publishes no fingerprint
+//! is only ever audited by entries that serve its model.
 //!
 //! # Driving the auditor (entry shell)
 //!
 //! Call [`Auditor::handle_timeout`] at [`Auditor::poll_timeout`] with the current mesh view.
 //! Perform `RunOnOwnServer` by POSTing `probe.body(model)` to the local llama-server and turning
-//! `choices[0].logprobs.content[]` (`id`, `bytes`, `logprob`, `top_logprobs[]`) into
-//! [`Decode::tokens`]; perform `SendToPeer` by routing `probe.body(model)` to that peer exactly
+//! the entries of each streamed chunk's `choices[0].logprobs.content[]` (`id`, `bytes`,
+//! `logprob`, `top_logprobs[]`) into [`Decode::tokens`]; perform `SendToPeer` by routing `probe.body(model)` to that peer exactly
 //! as a user's chat (same endpoint, headers and streaming), reading the whole answer — its
 //! content text is enough unless the probe asked for logprobs. Feed each answer to
 //! [`Auditor::handle_answer`]; a non-2xx status or a broken stream is `Err(ProbeFailed)`.
