@@ -1,1 +1,28 @@
-//! The ClosedMesh node: mesh-core on iroh sockets and real llama-server processes.
+//! The ClosedMesh node: mesh-core on real sockets and real llama-server processes.
+//!
+//! Seams for the simulator and the transport:
+//! - [`clock::Clock`] is the only source of time (tokio time + a base epoch);
+//! - [`api::router`] builds the axum router without a listener; [`http_serve::serve`] runs it on
+//!   any `axum::serve::Listener`;
+//! - [`dial::Dial`] opens the byte stream the proxy's HTTP/1.1 client runs over;
+//! - [`proxy::ChatProxy`] is the one component that forwards chats and records samples;
+//! - [`backend::Backends`] holds which models are routable, written by the process supervisor
+//!   (or by a simulator).
+
+pub mod api;
+pub mod backend;
+pub mod clock;
+pub mod config;
+pub mod device;
+pub mod dial;
+pub mod error;
+pub mod http_serve;
+pub mod identity;
+pub mod local_status;
+pub mod logging;
+pub mod pidfile;
+pub mod proxy;
+pub mod serve;
+pub mod sse;
+pub mod status_cmd;
+pub mod supervise;

@@ -1,3 +1,52 @@
-fn main() {
-    println!("mesh-node");
+//! `mesh-node`: serve | entry | invite | status.
+
+use anyhow::bail;
+use clap::Parser;
+use mesh_node::config::{Cli, Command, ServeConfig};
+use mesh_node::{logging, serve, status_cmd};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let cfg = ServeConfig::resolve(args)?;
+            logging::init(Some(&serve::logs_dir(&cfg.data_dir).join("mesh-node.log")))?;
+            serve::serve(cfg, shutdown_signal()).await
+        }
+        Command::Status(args) => status_cmd::run(args).await,
+        Command::Entry(_) => {
+            bail!(
+                "`mesh-node entry` is not implemented yet: it arrives with issue 4 (iroh transport, routing to hosts)"
+            )
+        }
+        Command::Invite(_) => {
+            bail!(
+                "`mesh-node invite` is not implemented yet: it arrives with issue 4 (invites and joining)"
+            )
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
 }

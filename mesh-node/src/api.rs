@@ -1,0 +1,132 @@
+//! The node's HTTP API as an axum [`Router`], built independently of any listener so the same
+//! router serves a tokio `TcpListener`, a turmoil listener, or a tunnelled connection.
+
+use crate::backend::{BackendState, Backends};
+use crate::error::ApiError;
+use crate::local_status::{NodeInfo, local_status};
+use crate::proxy::{ChatProxy, MAX_BODY_BYTES};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::CONTENT_LENGTH;
+use axum::http::{Response, Uri};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use mesh_core::status::payload::StatusPayload;
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+
+/// Everything the handlers read.
+#[derive(Debug)]
+pub struct NodeApi {
+    pub info: NodeInfo,
+    pub backends: Arc<Backends>,
+    pub proxy: ChatProxy,
+}
+
+impl NodeApi {
+    pub fn status(&self) -> StatusPayload {
+        let recorder = self.proxy.recorder();
+        local_status(
+            &self.info,
+            &self.backends.list(),
+            recorder.timings(),
+            recorder.inflight(),
+            recorder.clock().now(),
+        )
+    }
+}
+
+pub fn router(api: Arc<NodeApi>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/api/status", get(status))
+        .fallback(not_found)
+        .with_state(api)
+}
+
+async fn chat_completions(State(api): State<Arc<NodeApi>>, req: Request) -> Response<Body> {
+    match route_chat(&api, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(
+                status = e.status.as_u16(),
+                reason = e.reason_code,
+                "chat refused"
+            );
+            e.into_response()
+        }
+    }
+}
+
+async fn route_chat(api: &NodeApi, req: Request) -> Result<Response<Body>, ApiError> {
+    let body = read_body(req).await?;
+    let request: Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid_request(
+            "invalid_json",
+            format!("request body is not a JSON object: {e}"),
+        )
+    })?;
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid_request("model_missing", "request has no \"model\""))?
+        .to_string();
+    let backend = api
+        .backends
+        .get(&model)
+        .ok_or_else(|| ApiError::no_peer_with_model(&model))?;
+    match backend.state {
+        BackendState::Ready(upstream) => Ok(api.proxy.chat(&model, &upstream, request).await),
+        BackendState::Loading | BackendState::Restarting { .. } | BackendState::Stopped => {
+            Err(ApiError::model_loading(&model))
+        }
+    }
+}
+
+/// The body, or 413 once it passes [`MAX_BODY_BYTES`] (declared or actual).
+async fn read_body(req: Request) -> Result<bytes::Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::body_too_large(MAX_BODY_BYTES));
+    }
+    match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::body_too_large(MAX_BODY_BYTES))
+        }
+        Err(e) => Err(ApiError::invalid_request(
+            "body_unreadable",
+            format!("reading the request body: {e}"),
+        )),
+    }
+}
+
+/// OpenAI's model list: the models routable through this node now.
+async fn models(State(api): State<Arc<NodeApi>>) -> Json<Value> {
+    let data: Vec<Value> = api
+        .backends
+        .list()
+        .into_iter()
+        .filter(|b| matches!(b.state, BackendState::Ready(_)))
+        .map(|b| json!({"id": b.model, "object": "model", "owned_by": "closedmesh"}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+async fn status(State(api): State<Arc<NodeApi>>) -> Json<StatusPayload> {
+    Json(api.status())
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(uri.path())
+}
