@@ -132,6 +132,10 @@ struct Node {
 
 impl Node {
     async fn start(states: Vec<(&str, BackendState)>) -> Node {
+        Node::start_with(states, mesh_node::proxy::DEFAULT_FIRST_BYTE_TIMEOUT).await
+    }
+
+    async fn start_with(states: Vec<(&str, BackendState)>, first_byte_timeout: Duration) -> Node {
         let backends = Arc::new(Backends::new());
         for (model, state) in states {
             backends.add(model, 98_000_000);
@@ -149,7 +153,8 @@ impl Node {
                 http_port: 9337,
             },
             backends,
-            proxy: ChatProxy::new(Arc::new(Recorder::new(Clock::system()))),
+            proxy: ChatProxy::new(Arc::new(Recorder::new(Clock::system())))
+                .with_first_byte_timeout(first_byte_timeout),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -644,4 +649,31 @@ async fn the_proxy_runs_over_any_byte_stream_a_dialer_opens() {
     let text = client.await.unwrap().unwrap().text().await.unwrap();
     assert_eq!(text.matches("data: ").count(), 4);
     assert_eq!(node.concluded(1).await, BTreeMap::from([("recorded", 1)]));
+}
+
+#[tokio::test]
+async fn a_backend_that_never_answers_times_out_with_504() {
+    // Accepts the connection, reads nothing, says nothing.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((io, _)) = silent.accept().await {
+            conns.push(io);
+        }
+    });
+    let node = Node::start_with(
+        vec![(MODEL, BackendState::Ready(Upstream::tcp(addr, None)))],
+        Duration::from_millis(300),
+    )
+    .await;
+    let resp = node.chat(stream_request()).await;
+    assert_eq!(resp.status(), 504);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["reason_code"], "upstream_timeout");
+    assert_eq!(
+        node.concluded(1).await,
+        BTreeMap::from([("upstream_error", 1)])
+    );
+    held.abort();
 }

@@ -230,10 +230,18 @@ async fn real_llama_server_serves_streaming_and_non_streaming_chats_through_mesh
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-accel-buffering"], "no");
     let mut chunks = Vec::new();
+    let mut arrivals = Vec::new();
     let mut stream = resp.bytes_stream();
     while let Some(c) = stream.next().await {
         chunks.push(c.unwrap());
+        arrivals.push(Instant::now());
     }
+    // Tokens arrive as llama-server decodes them (~100 tok/s here), not in one burst at the end.
+    let spread = *arrivals.last().unwrap() - arrivals[0];
+    assert!(
+        spread >= Duration::from_millis(20),
+        "all chunks within {spread:?}: buffered"
+    );
     let text: String = chunks
         .iter()
         .map(|c| String::from_utf8_lossy(c).into_owned())
