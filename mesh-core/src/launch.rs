@@ -41,8 +41,10 @@ pub struct RpcWorker {
 /// Where the model's layers go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
-    /// The whole model on this machine; llama.cpp's fitter places layers.
-    Solo,
+    /// The whole model on this machine; llama.cpp's fitter places layers. `spill` (election's
+    /// `Duty::Solo { spill: true }`): fast memory is short of the model, so the weights stay
+    /// mmapped and the OS pages what doesn't fit from RAM/disk (Qwen3-32B on a 17.2 GB peer).
+    Solo { spill: bool },
     /// This machine hosts a pipeline whose layers are spread over itself and `workers`, each in
     /// proportion to its fast memory.
     SplitHost {
@@ -94,16 +96,18 @@ pub fn launch_args(launch: &LlamaServerLaunch) -> Vec<String> {
         args.extend(["-t".into(), t.to_string()]);
     }
     match &launch.placement {
-        Placement::Solo => {
+        Placement::Solo { spill } => {
             args.extend([
                 "-fitt".into(),
                 fit_target_mib(launch.device.memory_bytes).to_string(),
                 "-fa".into(),
                 "on".into(),
             ]);
-            match launch.no_mmap {
-                NoMmapFlag::NoMmap => args.push("--no-mmap".into()),
-                NoMmapFlag::LoadModeNone => args.extend(["--load-mode".into(), "none".into()]),
+            if !spill {
+                match launch.no_mmap {
+                    NoMmapFlag::NoMmap => args.push("--no-mmap".into()),
+                    NoMmapFlag::LoadModeNone => args.extend(["--load-mode".into(), "none".into()]),
+                }
             }
         }
         Placement::SplitHost {
@@ -207,7 +211,7 @@ mod tests {
             port: 41_234,
             api_key: "k-1".into(),
             threads: None,
-            placement: Placement::Solo,
+            placement: Placement::Solo { spill: false },
             device,
             no_mmap: NoMmapFlag::LoadModeNone,
         }
@@ -239,6 +243,16 @@ mod tests {
                 .iter()
                 .any(|a| a == "-ngl" || a == "--rpc" || a == "--tensor-split")
         );
+    }
+
+    #[test]
+    fn mmap_spill_keeps_the_weights_mapped() {
+        let mut l = solo(cuda(16));
+        l.placement = Placement::Solo { spill: true };
+        let args = launch_args(&l);
+        assert!(!args.iter().any(|a| a == "--load-mode" || a == "--no-mmap"));
+        assert_eq!(value(&args, "-fitt"), Some("1638"));
+        assert_eq!(value(&args, "-fa"), Some("on"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::proxy::{ChatProxy, Recorder};
 use crate::supervise::{LlamaSpec, LocalModel, STOP_GRACE, supervise_llama};
 use crate::{device, http_serve, identity};
 use anyhow::{Context, bail};
+use mesh_core::election::can_hold_solo;
 use mesh_core::peer::GB;
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -101,10 +102,15 @@ pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut supervisors = JoinSet::new();
     for model in models {
+        let spill = !can_hold_solo(probe.device.memory_bytes, Some(model.size_bytes));
+        if spill {
+            tracing::warn!(model = %model.name, "model is larger than 1.1 × fast memory: serving it with weights paged from RAM (mmap spill), expect it to be slow");
+        }
         let spec = LlamaSpec {
             program: cfg.llama_server.clone(),
             model,
             device: probe.device,
+            spill,
             threads: cfg.llama_threads,
             no_mmap: probe.no_mmap,
             logs_dir: crate::serve::logs_dir(&cfg.data_dir),

@@ -60,6 +60,8 @@ pub struct LlamaSpec {
     pub program: PathBuf,
     pub model: LocalModel,
     pub device: Device,
+    /// Fast memory is short of the model: keep the weights mmapped (election's mmap spill).
+    pub spill: bool,
     pub threads: Option<u32>,
     pub no_mmap: NoMmapFlag,
     pub logs_dir: PathBuf,
@@ -135,7 +137,7 @@ async fn run_once(
         port,
         api_key: api_key.clone(),
         threads: spec.threads,
-        placement: Placement::Solo,
+        placement: Placement::Solo { spill: spec.spill },
         device: spec.device,
         no_mmap: spec.no_mmap,
     });
