@@ -26,3 +26,4 @@ pub mod serve;
 pub mod sse;
 pub mod status_cmd;
 pub mod supervise;
+pub mod transport;
