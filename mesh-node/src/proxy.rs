@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
+use tokio::sync::broadcast;
 
 /// Request bodies above this get 413.
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -43,6 +44,20 @@ pub struct Recorder {
     clock: Clock,
     state: Mutex<RecorderState>,
     inflight: AtomicU32,
+    events: broadcast::Sender<RecorderEvent>,
+}
+
+/// What listeners of a [`Recorder`] hear: the native-baseline collector (a probe that overlapped
+/// real traffic is discarded) and the first-serve milestones.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecorderEvent {
+    /// A proxied request started ([`Recorder::inflight`] already counts it).
+    Started { model: ModelName },
+    /// It ended; `sample` is what was recorded, if anything.
+    Concluded {
+        model: ModelName,
+        sample: Option<Sample>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -57,7 +72,14 @@ impl Recorder {
             clock,
             state: Mutex::default(),
             inflight: AtomicU32::new(0),
+            events: broadcast::channel(1024).0,
         }
+    }
+
+    /// Every request's start and end from now on. A receiver that lags loses events
+    /// (`RecvError::Lagged`) and should assume traffic happened.
+    pub fn subscribe(&self) -> broadcast::Receiver<RecorderEvent> {
+        self.events.subscribe()
     }
 
     pub fn clock(&self) -> Clock {
@@ -108,6 +130,11 @@ impl Recorder {
 
     /// Records the request's outcome and logs its one info line.
     fn conclude(&self, model: &str, status: Option<u16>, result: Result<Sample, NotRecorded>) {
+        // No listener is fine: nothing needs to hear it.
+        let _ = self.events.send(RecorderEvent::Concluded {
+            model: model.to_string(),
+            sample: result.ok(),
+        });
         let status = status.unwrap_or(0);
         let mut state = self.lock();
         match result {
@@ -262,6 +289,9 @@ struct Tracker {
 impl Tracker {
     fn start(recorder: Arc<Recorder>, model: &str) -> Self {
         recorder.inflight.fetch_add(1, Ordering::Relaxed);
+        let _ = recorder.events.send(RecorderEvent::Started {
+            model: model.to_string(),
+        });
         let sent_at = recorder.clock.now();
         Tracker {
             recorder,

@@ -12,6 +12,7 @@ use crate::supervise::{LlamaSpec, LocalModel, STOP_GRACE, supervise_llama};
 use crate::{device, http_serve, identity};
 use anyhow::{Context, bail};
 use mesh_core::election::can_hold_solo;
+use mesh_core::launch::Placement;
 use mesh_core::peer::GB;
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -110,11 +111,12 @@ pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> anyh
             program: cfg.llama_server.clone(),
             model,
             device: probe.device,
-            spill,
+            placement: Placement::Solo { spill },
             threads: cfg.llama_threads,
             no_mmap: probe.no_mmap,
             logs_dir: crate::serve::logs_dir(&cfg.data_dir),
             run_dir: run.clone(),
+            events: None,
         };
         supervisors.spawn(supervise_llama(spec, backends.clone(), stop_rx.clone()));
     }

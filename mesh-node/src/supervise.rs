@@ -16,7 +16,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::process::{Child, Command};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 /// How long a child gets between SIGTERM and SIGKILL.
@@ -60,12 +60,36 @@ pub struct LlamaSpec {
     pub program: PathBuf,
     pub model: LocalModel,
     pub device: Device,
-    /// Fast memory is short of the model: keep the weights mmapped (election's mmap spill).
-    pub spill: bool,
+    /// Solo (with or without mmap spill) or split host over RPC tunnel ports.
+    pub placement: Placement,
     pub threads: Option<u32>,
     pub no_mmap: NoMmapFlag,
     pub logs_dir: PathBuf,
     pub run_dir: PathBuf,
+    /// Told when the server turns healthy and when it stops (the native-baseline collector).
+    pub events: Option<mpsc::UnboundedSender<ServerEvent>>,
+}
+
+/// A supervised llama-server's life, for listeners.
+#[derive(Debug, Clone)]
+pub enum ServerEvent {
+    /// Healthy and routable at `upstream`.
+    Ready {
+        model: LocalModel,
+        upstream: Upstream,
+        placement: Placement,
+    },
+    /// Exited, restarting, or stopped for good.
+    Stopped { model: ModelName },
+}
+
+impl LlamaSpec {
+    fn emit(&self, event: ServerEvent) {
+        if let Some(tx) = &self.events {
+            // The listener going away is no reason to stop serving.
+            let _ = tx.send(event);
+        }
+    }
 }
 
 /// Why one launch did not become (or stay) a healthy backend.
@@ -137,7 +161,7 @@ async fn run_once(
         port,
         api_key: api_key.clone(),
         threads: spec.threads,
-        placement: Placement::Solo { spill: spec.spill },
+        placement: spec.placement.clone(),
         device: spec.device,
         no_mmap: spec.no_mmap,
     });
@@ -161,12 +185,20 @@ async fn run_once(
         Some(Ok(())) => {}
     }
     tracing::info!(model = %model, port, pid = running.pid(), load_ms = t0.elapsed().as_millis() as u64, "llama-server ready");
-    backends.set(model, BackendState::Ready(upstream));
+    backends.set(model, BackendState::Ready(upstream.clone()));
+    spec.emit(ServerEvent::Ready {
+        model: spec.model.clone(),
+        upstream,
+        placement: spec.placement.clone(),
+    });
     let exited = tokio::select! {
         s = running.wait() => Some(s),
         _ = shutdown.wait_for(|stop| *stop) => None,
     };
     backends.set(model, BackendState::Loading);
+    spec.emit(ServerEvent::Stopped {
+        model: model.clone(),
+    });
     match exited {
         Some(status) => Ok(Exit::Exited(status?)),
         None => {
