@@ -139,6 +139,9 @@ pub struct PeerAnnouncement {
     pub rtt_hints: Vec<RttHint>,
     /// Pipelines this peer hosts right now (empty unless it is a split host).
     pub pipelines: Vec<RunningPipeline>,
+    /// How to reach this peer directly: opaque to the core, defined by the shell's transport
+    /// (iroh: its endpoint address as JSON). Signed with the rest, so a relay cannot redirect it.
+    pub dial_info: String,
 }
 
 impl PeerAnnouncement {
@@ -166,6 +169,7 @@ impl PeerAnnouncement {
             native_baselines: Vec::new(),
             rtt_hints: Vec::new(),
             pipelines: Vec::new(),
+            dial_info: String::new(),
         }
     }
 
