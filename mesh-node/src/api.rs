@@ -3,7 +3,8 @@
 
 use crate::backend::{BackendState, Backends};
 use crate::error::ApiError;
-use crate::local_status::{NodeInfo, local_status};
+use crate::facts::Measurements;
+use crate::local_status::{NodeInfo, local_view};
 use crate::proxy::{ChatProxy, MAX_BODY_BYTES};
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -13,7 +14,10 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use mesh_core::MeshView;
+use mesh_core::sla::TierCatalog;
 use mesh_core::status::payload::StatusPayload;
+use mesh_core::status::{CatalogPayload, LocalFacts, catalog_payload, status_payload};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
@@ -23,18 +27,33 @@ pub struct NodeApi {
     pub info: NodeInfo,
     pub backends: Arc<Backends>,
     pub proxy: ChatProxy,
+    /// Native baselines and first-serve milestones (through-mesh p50s are the proxy's).
+    pub measurements: Measurements,
+    /// Model → tier for `/api/models`.
+    pub tiers: TierCatalog,
 }
 
 impl NodeApi {
-    pub fn status(&self) -> StatusPayload {
+    /// The mesh as this node sees it, and its own numbers.
+    pub fn view(&self) -> (MeshView, LocalFacts) {
         let recorder = self.proxy.recorder();
-        local_status(
-            &self.info,
-            &self.backends.list(),
-            recorder.timings(),
-            recorder.inflight(),
-            recorder.clock().now(),
+        let facts = self.measurements.facts(recorder);
+        let now = recorder.clock().now();
+        (
+            local_view(&self.info, &self.backends.list(), &facts, now),
+            facts,
         )
+    }
+
+    pub fn status(&self) -> StatusPayload {
+        let (view, facts) = self.view();
+        status_payload(&view, &facts).expect("the view holds this node's own announcement")
+    }
+
+    /// The `/api/models` catalog.
+    pub fn catalog(&self) -> CatalogPayload {
+        let (view, facts) = self.view();
+        catalog_payload(&view, &facts, &|m| self.tiers.tier_of(m))
     }
 }
 
@@ -43,6 +62,7 @@ pub fn router(api: Arc<NodeApi>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .route("/api/status", get(status))
+        .route("/api/models", get(catalog))
         .fallback(not_found)
         .with_state(api)
 }
@@ -125,6 +145,10 @@ async fn models(State(api): State<Arc<NodeApi>>) -> Json<Value> {
 
 async fn status(State(api): State<Arc<NodeApi>>) -> Json<StatusPayload> {
     Json(api.status())
+}
+
+async fn catalog(State(api): State<Arc<NodeApi>>) -> Json<CatalogPayload> {
+    Json(api.catalog())
 }
 
 async fn not_found(uri: Uri) -> ApiError {

@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// Seconds the proxy waits for a backend's response head [default: 600].
     #[arg(long, env = "CLOSEDMESH_FIRST_BYTE_TIMEOUT_S")]
     pub first_byte_timeout_s: Option<u64>,
+    /// Seconds a healthy llama-server settles before its native baseline is measured
+    /// [default: 30].
+    #[arg(long, env = "CLOSEDMESH_BASELINE_SETTLE_S")]
+    pub baseline_settle_s: Option<f64>,
     /// TOML file with any of the settings above (keys in snake_case, `models` a list).
     #[arg(long, env = "CLOSEDMESH_CONFIG")]
     pub config: Option<PathBuf>,
@@ -147,6 +151,7 @@ pub struct ServeFile {
     pub rpc_server: Option<PathBuf>,
     pub llama_threads: Option<u32>,
     pub first_byte_timeout_s: Option<u64>,
+    pub baseline_settle_s: Option<f64>,
 }
 
 /// `serve`'s settings after merging.
@@ -162,6 +167,7 @@ pub struct ServeConfig {
     pub rpc_server: Option<PathBuf>,
     pub llama_threads: Option<u32>,
     pub first_byte_timeout: Duration,
+    pub baseline_settle: Duration,
 }
 
 impl ServeConfig {
@@ -200,6 +206,11 @@ impl ServeConfig {
             .or(file.rpc_server)
             .or_else(|| find_on_path(&["rpc-server", "ggml-rpc-server"]));
         let max_vram_gb = args.max_vram_gb.or(file.max_vram_gb);
+        let baseline_settle = match args.baseline_settle_s.or(file.baseline_settle_s) {
+            None => mesh_core::baseline::SETTLE,
+            Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
+            Some(s) => bail!("--baseline-settle-s must be a non-negative number, got {s}"),
+        };
         if let Some(gb) = max_vram_gb {
             if !(gb.is_finite() && gb >= 0.0) {
                 bail!("--max-vram-gb must be a non-negative number, got {gb}");
@@ -224,6 +235,7 @@ impl ServeConfig {
                     .or(file.first_byte_timeout_s)
                     .unwrap_or(crate::proxy::DEFAULT_FIRST_BYTE_TIMEOUT.as_secs()),
             ),
+            baseline_settle,
         })
     }
 }
@@ -292,6 +304,7 @@ llama_threads = 2
         assert_eq!(c.llama_threads, Some(2));
         assert_eq!(c.max_vram_gb, Some(8.0));
         assert_eq!(c.first_byte_timeout, Duration::from_secs(600));
+        assert_eq!(c.baseline_settle, Duration::from_secs(30));
 
         let c = ServeConfig::resolve(parse(&[
             "--config",
@@ -302,8 +315,11 @@ llama_threads = 2
             "https://relay.example/",
             "--llama-server",
             "/opt/llama-server",
+            "--baseline-settle-s",
+            "1.5",
         ]))
         .unwrap();
+        assert_eq!(c.baseline_settle, Duration::from_millis(1_500));
         assert_eq!(c.models, [PathBuf::from("/x/c.gguf")]);
         assert_eq!(c.relay, RelayMode::Url("https://relay.example/".into()));
     }

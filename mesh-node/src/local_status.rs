@@ -5,7 +5,7 @@
 //! [`own_announcement`] is what the gossip machine will publish.
 
 use crate::backend::{BackendState, BackendView};
-use mesh_core::peer::{Backend, ModelName, ModelTiming, PeerAnnouncement, Role};
+use mesh_core::peer::{Backend, ModelName, PeerAnnouncement, Role};
 use mesh_core::status::{LocalFacts, StatusPayload, status_payload};
 use mesh_core::{KnownPeer, MeshView, PeerId, Timestamp};
 
@@ -26,12 +26,12 @@ pub struct NodeInfo {
 }
 
 /// The announcement this node would publish now. A node running (or starting) llama-server for a
-/// model is a `Host`; with nothing running it is a `Worker`.
+/// model is a `Host`; with nothing running it is a `Worker`. Its measurements (through-mesh
+/// p50s, native baselines, requests in flight) come from `local`.
 pub fn own_announcement(
     info: &NodeInfo,
     backends: &[BackendView],
-    inflight_requests: u32,
-    timings: Vec<ModelTiming>,
+    local: &LocalFacts,
 ) -> PeerAnnouncement {
     let running = backends
         .iter()
@@ -61,39 +61,53 @@ pub fn own_announcement(
         .iter()
         .map(|b| (b.model.clone(), b.size_bytes))
         .collect();
-    a.inflight_requests = inflight_requests;
-    a.model_timings = timings;
+    a.inflight_requests = local.inflight_requests;
+    a.model_timings = local.timings.clone();
+    a.native_baselines = local.native_baselines.clone();
     a
+}
+
+/// The mesh as a node that knows only itself sees it.
+pub fn local_view(
+    info: &NodeInfo,
+    backends: &[BackendView],
+    local: &LocalFacts,
+    now: Timestamp,
+) -> MeshView {
+    let me = KnownPeer {
+        announcement: own_announcement(info, backends, local),
+        rtt_ms: Some(0),
+        first_seen: now,
+        last_fresh: now,
+    };
+    MeshView::new(info.node_id, vec![me])
 }
 
 /// `/api/status` of a node whose view of the mesh is itself.
 pub fn local_status(
     info: &NodeInfo,
     backends: &[BackendView],
-    timings: Vec<ModelTiming>,
-    inflight_requests: u32,
+    local: &LocalFacts,
     now: Timestamp,
 ) -> StatusPayload {
-    let me = KnownPeer {
-        announcement: own_announcement(info, backends, inflight_requests, timings.clone()),
-        rtt_ms: Some(0),
-        first_seen: now,
-        last_fresh: now,
-    };
-    let view = MeshView::new(info.node_id, vec![me]);
-    let local = LocalFacts {
-        timings,
-        inflight_requests,
-        ..LocalFacts::default()
-    };
-    status_payload(&view, &local).expect("the view holds this node's own announcement")
+    let view = local_view(info, backends, local, now);
+    status_payload(&view, local).expect("the view holds this node's own announcement")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dial::Upstream;
+    use mesh_core::peer::ModelTiming;
     use mesh_core::status::NodeState;
+
+    fn facts(timings: Vec<ModelTiming>, inflight_requests: u32) -> LocalFacts {
+        LocalFacts {
+            timings,
+            inflight_requests,
+            ..LocalFacts::default()
+        }
+    }
 
     fn node() -> NodeInfo {
         NodeInfo {
@@ -132,7 +146,12 @@ mod tests {
             ttft_ms_p50: 82.0,
             samples_in_window: 7,
         }];
-        let status = local_status(&node(), &backends, timings, 1, Timestamp::from_secs(1_000));
+        let status = local_status(
+            &node(),
+            &backends,
+            &facts(timings, 1),
+            Timestamp::from_secs(1_000),
+        );
         insta::with_settings!({
             snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/../snapshots/mesh-node"),
             prepend_module_to_snapshot => false,
@@ -145,7 +164,7 @@ mod tests {
     fn node_state_follows_the_backends() {
         let s = |states: Vec<BackendState>| {
             let views: Vec<BackendView> = states.into_iter().map(|st| view("m", st)).collect();
-            local_status(&node(), &views, vec![], 0, Timestamp::ZERO).node_state
+            local_status(&node(), &views, &facts(vec![], 0), Timestamp::ZERO).node_state
         };
         assert_eq!(s(vec![BackendState::Loading]), NodeState::Loading);
         assert_eq!(
@@ -161,8 +180,7 @@ mod tests {
         let a = own_announcement(
             &node(),
             &[view("a", ready()), view("b", BackendState::Loading)],
-            2,
-            vec![],
+            &facts(vec![], 2),
         );
         assert_eq!(a.role, Role::Host { http_port: 9337 });
         assert_eq!(a.requested_models, ["a", "b"]);

@@ -5,21 +5,25 @@ use crate::api::{NodeApi, router};
 use crate::backend::Backends;
 use crate::clock::Clock;
 use crate::config::ServeConfig;
+use crate::facts::Measurements;
 use crate::local_status::NodeInfo;
+use crate::milestones::Milestones;
+use crate::native::{NativeSettings, PublishedBaselines};
 use crate::pidfile::{Reaped, reap_orphans};
 use crate::proxy::{ChatProxy, Recorder};
 use crate::supervise::{LlamaSpec, LocalModel, STOP_GRACE, supervise_llama};
-use crate::{device, http_serve, identity};
+use crate::{device, http_serve, identity, milestones, native};
 use anyhow::{Context, bail};
 use mesh_core::election::can_hold_solo;
 use mesh_core::launch::Placement;
 use mesh_core::peer::GB;
+use mesh_core::sla::TierCatalog;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 /// `<data dir>/logs/`.
@@ -80,6 +84,10 @@ pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> anyh
     for m in &models {
         backends.add(&m.name, m.size_bytes);
     }
+    let measurements = Measurements {
+        native: Arc::new(PublishedBaselines::default()),
+        milestones: Arc::new(Milestones::load(&cfg.data_dir)),
+    };
     let api = Arc::new(NodeApi {
         info: NodeInfo {
             node_id: identity.peer_id,
@@ -92,7 +100,9 @@ pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> anyh
             http_port: cfg.api_addr.port(),
         },
         backends: backends.clone(),
-        proxy: ChatProxy::new(recorder).with_first_byte_timeout(cfg.first_byte_timeout),
+        proxy: ChatProxy::new(recorder.clone()).with_first_byte_timeout(cfg.first_byte_timeout),
+        measurements: measurements.clone(),
+        tiers: TierCatalog::default(),
     });
 
     let listener = TcpListener::bind(cfg.api_addr)
@@ -102,6 +112,32 @@ pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> anyh
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut supervisors = JoinSet::new();
+    let (server_events, server_events_rx) = mpsc::unbounded_channel();
+    let native_settings = NativeSettings {
+        settle: cfg.baseline_settle,
+        file_poll: native::FILE_POLL,
+        runtime_version: native::runtime_version(&cfg.llama_server).await,
+        backend: probe.device.backend,
+        data_dir: cfg.data_dir.clone(),
+        // Fresh nonces every run: a prompt llama-server has cached would flatter TTFT.
+        seed: {
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("OS entropy: {e}"))?;
+            u64::from_le_bytes(b)
+        },
+    };
+    supervisors.spawn(native::run(
+        native_settings,
+        server_events_rx,
+        recorder.clone(),
+        measurements.native.clone(),
+        stop_rx.clone(),
+    ));
+    supervisors.spawn(milestones::run(
+        measurements.milestones.clone(),
+        recorder.clone(),
+        stop_rx.clone(),
+    ));
     for model in models {
         let spill = !can_hold_solo(probe.device.memory_bytes, Some(model.size_bytes));
         if spill {
@@ -116,7 +152,7 @@ pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> anyh
             no_mmap: probe.no_mmap,
             logs_dir: crate::serve::logs_dir(&cfg.data_dir),
             run_dir: run.clone(),
-            events: None,
+            events: Some(server_events.clone()),
         };
         supervisors.spawn(supervise_llama(spec, backends.clone(), stop_rx.clone()));
     }

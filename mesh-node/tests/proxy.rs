@@ -9,10 +9,12 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use mesh_core::PeerId;
+use mesh_core::sla::TierCatalog;
 use mesh_node::api::{NodeApi, router};
 use mesh_node::backend::{BackendState, Backends};
 use mesh_node::clock::Clock;
 use mesh_node::dial::{BoxIo, Dial, Upstream};
+use mesh_node::facts::Measurements;
 use mesh_node::local_status::NodeInfo;
 use mesh_node::proxy::{ChatProxy, Recorder};
 use serde_json::{Value, json};
@@ -155,6 +157,8 @@ impl Node {
             backends,
             proxy: ChatProxy::new(Arc::new(Recorder::new(Clock::system())))
                 .with_first_byte_timeout(first_byte_timeout),
+            measurements: Measurements::in_memory(),
+            tiers: TierCatalog::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
