@@ -153,6 +153,7 @@ pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> anyh
             logs_dir: crate::serve::logs_dir(&cfg.data_dir),
             run_dir: run.clone(),
             events: Some(server_events.clone()),
+            extra_args: Vec::new(),
         };
         supervisors.spawn(supervise_llama(spec, backends.clone(), stop_rx.clone()));
     }

@@ -68,6 +68,9 @@ pub struct LlamaSpec {
     pub run_dir: PathBuf,
     /// Told when the server turns healthy and when it stops (the native-baseline collector).
     pub events: Option<mpsc::UnboundedSender<ServerEvent>>,
+    /// Appended to `launch_args` (a split host asks for `-lv 4`, so its log records which
+    /// device holds each layer).
+    pub extra_args: Vec<String>,
 }
 
 /// A supervised llama-server's life, for listeners.
@@ -94,7 +97,7 @@ impl LlamaSpec {
 
 /// Why one launch did not become (or stay) a healthy backend.
 #[derive(Debug, thiserror::Error)]
-enum LaunchError {
+pub(crate) enum LaunchError {
     #[error("could not start {program}: {source}")]
     Spawn { program: String, source: io::Error },
     #[error("exited during start-up ({0})")]
@@ -155,7 +158,7 @@ async fn run_once(
     backends.set(model, BackendState::Loading);
     let port = free_loopback_port()?;
     let api_key = random_key()?;
-    let args = launch::launch_args(&LlamaServerLaunch {
+    let mut args = launch::launch_args(&LlamaServerLaunch {
         model_path: spec.model.path.to_string_lossy().into_owned(),
         alias: model.clone(),
         port,
@@ -165,7 +168,16 @@ async fn run_once(
         device: spec.device,
         no_mmap: spec.no_mmap,
     });
-    let mut running = Running::spawn(spec, &args, &api_key)?;
+    args.extend(spec.extra_args.iter().cloned());
+    let name = format!("llama-server-{}", file_safe(&spec.model.name));
+    let mut running = Running::spawn(
+        &spec.program,
+        &args,
+        &name,
+        &spec.logs_dir,
+        &spec.run_dir,
+        Some(&api_key),
+    )?;
     let upstream = Upstream::tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), Some(api_key));
     let timeout = launch::health_timeout(spec.model.size_bytes);
     let t0 = Instant::now();
@@ -233,26 +245,36 @@ async fn wait_healthy(
 /// A launched child with its pidfile. Dropped without [`Running::stop`] (the runtime going away),
 /// the child still gets SIGTERM and then tokio's `kill_on_drop` SIGKILL; its pidfile stays for
 /// the next run to check.
-struct Running {
-    child: Child,
+pub(crate) struct Running {
+    pub(crate) child: Child,
     pidfile: Option<PidFile>,
     name: String,
 }
 
 impl Running {
-    fn spawn(spec: &LlamaSpec, args: &[String], api_key: &str) -> Result<Running, LaunchError> {
-        let name = format!("llama-server-{}", file_safe(&spec.model.name));
-        fs::create_dir_all(&spec.logs_dir)?;
-        let log_path = spec.logs_dir.join(format!("{name}.log"));
+    /// Starts `program args` with its output appended to `<logs_dir>/<name>.log` (`secret`
+    /// redacted from the logged command line) and its pidfile in `run_dir`.
+    pub(crate) fn spawn(
+        program: &Path,
+        args: &[String],
+        name: &str,
+        logs_dir: &Path,
+        run_dir: &Path,
+        secret: Option<&str>,
+    ) -> Result<Running, LaunchError> {
+        let name = name.to_string();
+        fs::create_dir_all(logs_dir)?;
+        let log_path = logs_dir.join(format!("{name}.log"));
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)?;
-        let program = spec.program.to_string_lossy().into_owned();
+        let program_path = program;
+        let program = program.to_string_lossy().into_owned();
         let shown: Vec<&str> = args
             .iter()
             .map(|a| {
-                if a == api_key {
+                if Some(a.as_str()) == secret {
                     "<redacted>"
                 } else {
                     a.as_str()
@@ -264,7 +286,7 @@ impl Running {
             "=== mesh-node launching: {program} {}",
             shown.join(" ")
         )?;
-        let mut cmd = Command::new(&spec.program);
+        let mut cmd = Command::new(program_path);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -278,7 +300,7 @@ impl Running {
         let pid = child.id().unwrap_or(0);
         let mut argv = vec![program];
         argv.extend(args.iter().cloned());
-        let pidfile = PidFile::write(&spec.run_dir, &name, &PidRecord { pid, argv })?;
+        let pidfile = PidFile::write(run_dir, &name, &PidRecord { pid, argv })?;
         tracing::info!(pid, log = %log_path.display(), "launched {name}");
         Ok(Running {
             child,
@@ -287,11 +309,11 @@ impl Running {
         })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
     }
 
-    async fn wait(&mut self) -> io::Result<ExitStatus> {
+    pub(crate) async fn wait(&mut self) -> io::Result<ExitStatus> {
         let status = self.child.wait().await?;
         if let Some(p) = self.pidfile.take() {
             p.remove();
@@ -300,7 +322,7 @@ impl Running {
     }
 
     /// SIGTERM, then SIGKILL after [`STOP_GRACE`]; removes the pidfile once the child is gone.
-    async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         stop_child(&mut self.child, &self.name).await;
         if let Some(p) = self.pidfile.take() {
             p.remove();
@@ -366,7 +388,7 @@ pub fn random_key() -> io::Result<String> {
     Ok(format!("cm-{}", hex::encode(bytes)))
 }
 
-fn file_safe(name: &str) -> String {
+pub(crate) fn file_safe(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
