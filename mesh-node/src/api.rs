@@ -5,6 +5,7 @@ use crate::backend::{BackendState, Backends};
 use crate::error::ApiError;
 use crate::facts::Measurements;
 use crate::local_status::{NodeInfo, local_view};
+use crate::mesh::Mesh;
 use crate::proxy::{ChatProxy, MAX_BODY_BYTES};
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -31,6 +32,8 @@ pub struct NodeApi {
     pub measurements: Measurements,
     /// Model → tier for `/api/models`.
     pub tiers: TierCatalog,
+    /// The mesh this node is in; `None` for a node that knows only itself (tests).
+    pub mesh: Option<Arc<Mesh>>,
 }
 
 impl NodeApi {
@@ -39,10 +42,11 @@ impl NodeApi {
         let recorder = self.proxy.recorder();
         let facts = self.measurements.facts(recorder);
         let now = recorder.clock().now();
-        (
-            local_view(&self.info, &self.backends.list(), &facts, now),
-            facts,
-        )
+        let view = match &self.mesh {
+            Some(mesh) => mesh.view(),
+            None => local_view(&self.info, &self.backends.list(), &facts, now),
+        };
+        (view, facts)
     }
 
     pub fn status(&self) -> StatusPayload {
@@ -107,7 +111,7 @@ async fn route_chat(api: &NodeApi, req: Request) -> Result<Response<Body>, ApiEr
 }
 
 /// The body, or 413 once it passes [`MAX_BODY_BYTES`] (declared or actual).
-async fn read_body(req: Request) -> Result<bytes::Bytes, ApiError> {
+pub(crate) async fn read_body(req: Request) -> Result<bytes::Bytes, ApiError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)

@@ -27,9 +27,9 @@ pub struct Cli {
 pub enum Command {
     /// Contribute: run models (llama-server) and serve them through this node's API.
     Serve(ServeArgs),
-    /// Public entry: no local model; routes chats to the mesh (not implemented yet: issue 4).
+    /// Public entry: no local model; routes chats to the mesh's hosts.
     Entry(EntryArgs),
-    /// Mint an invite for this node's mesh (not implemented yet: issue 4).
+    /// Mint an invite for this node's mesh (reads the node's data dir).
     Invite(InviteArgs),
     /// Print a running node's status.
     Status(StatusArgs),
@@ -78,10 +78,23 @@ pub struct ServeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct EntryArgs {
+    /// Join a mesh with an invite (or @file holding one).
     #[arg(long, env = "CLOSEDMESH_JOIN")]
     pub join: Option<String>,
+    /// Where the public API listens [default: 127.0.0.1:9337].
     #[arg(long, env = "CLOSEDMESH_API_ADDR")]
     pub api_addr: Option<SocketAddr>,
+    /// State and logs [default: ~/.closedmesh]; give an entry its own when a host runs on the
+    /// same machine (the data dir holds the node's identity).
+    #[arg(long, env = "CLOSEDMESH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// iroh relays: `default`, `disabled`, or a relay URL [default: default].
+    #[arg(long, env = "CLOSEDMESH_RELAY")]
+    pub relay: Option<RelayMode>,
+    /// Seconds a host may take to send a chat's response head [default: 300].
+    #[arg(long, env = "CLOSEDMESH_FIRST_BYTE_TIMEOUT_S")]
+    pub first_byte_timeout_s: Option<u64>,
+    /// TOML file with any of the settings above (keys in snake_case).
     #[arg(long, env = "CLOSEDMESH_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -91,9 +104,12 @@ pub struct InviteArgs {
     /// How long the invite stays valid.
     #[arg(long, default_value = "24h")]
     pub ttl: String,
-    /// Write the invite here instead of stdout.
+    /// Write the invite here (owner-readable only) instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The data dir of the node whose mesh the invite is for [default: ~/.closedmesh].
+    #[arg(long, env = "CLOSEDMESH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

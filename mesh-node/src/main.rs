@@ -1,9 +1,9 @@
 //! `mesh-node`: serve | entry | invite | status.
 
-use anyhow::bail;
 use clap::Parser;
 use mesh_node::config::{Cli, Command, ServeConfig};
-use mesh_node::{logging, serve, status_cmd};
+use mesh_node::entry::{self, EntryConfig};
+use mesh_node::{invite_cmd, logging, serve, status_cmd};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -15,16 +15,12 @@ async fn main() -> anyhow::Result<()> {
             serve::serve(cfg, shutdown_signal()).await
         }
         Command::Status(args) => status_cmd::run(args).await,
-        Command::Entry(_) => {
-            bail!(
-                "`mesh-node entry` is not implemented yet: it arrives with issue 4 (iroh transport, routing to hosts)"
-            )
+        Command::Entry(args) => {
+            let cfg = EntryConfig::resolve(args)?;
+            logging::init(Some(&serve::logs_dir(&cfg.data_dir).join("mesh-node.log")))?;
+            entry::run(cfg, shutdown_signal()).await
         }
-        Command::Invite(_) => {
-            bail!(
-                "`mesh-node invite` is not implemented yet: it arrives with issue 4 (invites and joining)"
-            )
-        }
+        Command::Invite(args) => invite_cmd::run(args),
     }
 }
 

@@ -6,15 +6,19 @@ use crate::backend::Backends;
 use crate::clock::Clock;
 use crate::config::ServeConfig;
 use crate::facts::Measurements;
-use crate::local_status::NodeInfo;
+use crate::launcher::{SpecFor, run_solo_duties};
+use crate::local_status::{NodeInfo, own_announcement};
+use crate::mesh::{ContentSource, Mesh, MeshOptions, os_seed, read_invite};
 use crate::milestones::Milestones;
 use crate::native::{NativeSettings, PublishedBaselines};
 use crate::pidfile::{Reaped, reap_orphans};
 use crate::proxy::{ChatProxy, Recorder};
-use crate::supervise::{LlamaSpec, LocalModel, STOP_GRACE, supervise_llama};
+use crate::supervise::{LlamaSpec, LocalModel, STOP_GRACE};
+use crate::transport::iroh::IrohTransport;
+use crate::tunnel::TunnelListener;
 use crate::{device, http_serve, identity, milestones, native};
 use anyhow::{Context, bail};
-use mesh_core::election::can_hold_solo;
+use mesh_core::invite;
 use mesh_core::launch::Placement;
 use mesh_core::peer::GB;
 use mesh_core::sla::TierCatalog;
@@ -38,12 +42,12 @@ pub fn run_dir(data_dir: &Path) -> PathBuf {
 
 /// Runs the node until `shutdown` resolves.
 pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    if cfg.join.is_some() {
-        bail!(
-            "--join is not implemented yet: joining a mesh over iroh arrives with issue 4; \
-             without --join this node serves its own models"
-        );
-    }
+    let join = cfg
+        .join
+        .as_deref()
+        .map(read_invite)
+        .transpose()
+        .context("--join")?;
     let run = run_dir(&cfg.data_dir);
     for report in reap_orphans(&run, STOP_GRACE).await {
         if let Reaped::Unreadable { path } = report {
@@ -88,21 +92,47 @@ pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> anyh
         native: Arc::new(PublishedBaselines::default()),
         milestones: Arc::new(Milestones::load(&cfg.data_dir)),
     };
+    let mut info = NodeInfo {
+        node_id: identity.peer_id,
+        mesh_id: String::new(),
+        hostname: probe.hostname.clone(),
+        backend: probe.device.backend,
+        gpu_name: probe.gpu_name.clone(),
+        fast_memory_bytes: advertised,
+        system_ram_bytes: probe.system_ram_bytes,
+        http_port: cfg.api_addr.port(),
+    };
+
+    // The mesh: founded, rejoined or joined; this node's announcement is its own state.
+    let transport = IrohTransport::bind_node(identity.secret, cfg.relay.clone()).await?;
+    let content: ContentSource = {
+        let (info, backends) = (info.clone(), backends.clone());
+        let (recorder, measurements) = (recorder.clone(), measurements.clone());
+        Arc::new(move || own_announcement(&info, &backends.list(), &measurements.facts(&recorder)))
+    };
+    let (mesh, tunnels) = Mesh::start(
+        Arc::new(transport),
+        clock,
+        identity.secret,
+        MeshOptions::new(&cfg.data_dir, join, os_seed()?),
+        content,
+    )
+    .await?;
+    info.mesh_id = mesh.mesh_id().to_string();
+    match mesh.write_invite_file(invite::DEFAULT_TTL) {
+        Ok(path) => {
+            tracing::info!(path = %path.display(), "an invite to this mesh is in the data dir")
+        }
+        Err(e) => tracing::warn!(error = %e, "could not write an invite to the data dir"),
+    }
+
     let api = Arc::new(NodeApi {
-        info: NodeInfo {
-            node_id: identity.peer_id,
-            mesh_id: String::new(),
-            hostname: probe.hostname.clone(),
-            backend: probe.device.backend,
-            gpu_name: probe.gpu_name.clone(),
-            fast_memory_bytes: advertised,
-            system_ram_bytes: probe.system_ram_bytes,
-            http_port: cfg.api_addr.port(),
-        },
+        info,
         backends: backends.clone(),
         proxy: ChatProxy::new(recorder.clone()).with_first_byte_timeout(cfg.first_byte_timeout),
         measurements: measurements.clone(),
         tiers: TierCatalog::default(),
+        mesh: Some(mesh.clone()),
     });
 
     let listener = TcpListener::bind(cfg.api_addr)
@@ -138,12 +168,18 @@ pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> anyh
         recorder.clone(),
         stop_rx.clone(),
     ));
-    for model in models {
-        let spill = !can_hold_solo(probe.device.memory_bytes, Some(model.size_bytes));
-        if spill {
-            tracing::warn!(model = %model.name, "model is larger than 1.1 × fast memory: serving it with weights paged from RAM (mmap spill), expect it to be slow");
-        }
-        let spec = LlamaSpec {
+    // Members' HTTP tunnels reach this node's own API: the backend proxy, which records the
+    // through-mesh samples of tunnelled chats like any other.
+    supervisors.spawn(http_serve::serve(
+        TunnelListener::new(tunnels.http, mesh.me()),
+        router(api.clone()),
+        wait_stop(stop_rx.clone()),
+    ));
+    // What the election says to serve solo, now and later. Split duties: issue 6's launcher
+    // watches `mesh.election()` as well; RPC tunnel streams arrive on `tunnels.rpc`.
+    let spec_for: SpecFor = {
+        let (cfg, run, probe) = (cfg.clone(), run.clone(), probe.clone());
+        Box::new(move |model, spill| LlamaSpec {
             program: cfg.llama_server.clone(),
             model,
             device: probe.device,
@@ -154,14 +190,25 @@ pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> anyh
             run_dir: run.clone(),
             events: Some(server_events.clone()),
             extra_args: Vec::new(),
-        };
-        supervisors.spawn(supervise_llama(spec, backends.clone(), stop_rx.clone()));
-    }
+        })
+    };
+    supervisors.spawn(run_solo_duties(
+        models,
+        mesh.election(),
+        spec_for,
+        backends.clone(),
+        stop_rx.clone(),
+    ));
 
     http_serve::serve(listener, router(api), shutdown).await;
-    tracing::info!("shutting down: stopping llama-server processes");
+    tracing::info!("shutting down: leaving the mesh, stopping llama-server processes");
+    mesh.shutdown().await;
     let _ = stop_tx.send(true);
     while supervisors.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn wait_stop(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }

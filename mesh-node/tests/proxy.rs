@@ -159,6 +159,7 @@ impl Node {
                 .with_first_byte_timeout(first_byte_timeout),
             measurements: Measurements::in_memory(),
             tiers: TierCatalog::default(),
+            mesh: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -167,6 +167,22 @@ impl IrohTransport {
         Ok(IrohTransport { inner })
     }
 
+    /// Binds the node's endpoint. With relays enabled it waits (up to 10 s) for a home relay, so
+    /// the dialing information the node publishes and puts in its invites names one.
+    pub async fn bind_node(secret: [u8; 32], relay: RelayMode) -> Result<IrohTransport, BindError> {
+        let t = IrohTransport::bind(secret, IrohConfig::with_relay(relay.clone())).await?;
+        if relay != RelayMode::Disabled
+            && tokio::time::timeout(Duration::from_secs(10), t.online())
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                "no relay reachable within 10 s: this node is dialable on its direct addresses only"
+            );
+        }
+        Ok(t)
+    }
+
     /// The endpoint's current address.
     pub fn addr(&self) -> EndpointAddr {
         self.inner.endpoint.addr()
