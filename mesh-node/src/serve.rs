@@ -12,7 +12,9 @@ use crate::mesh::{ContentSource, Mesh, MeshOptions, os_seed, read_invite};
 use crate::milestones::Milestones;
 use crate::native::{NativeSettings, PublishedBaselines};
 use crate::pidfile::{Reaped, reap_orphans};
+use crate::pipeline::{RunningPipelines, ServingContext, run_duties};
 use crate::proxy::{ChatProxy, Recorder};
+use crate::rpc::{RpcServerSpec, RpcServerState, serve_rpc_tunnels, supervise_rpc_server};
 use crate::supervise::{LlamaSpec, LocalModel, STOP_GRACE};
 use crate::transport::iroh::IrohTransport;
 use crate::tunnel::TunnelListener;
@@ -103,12 +105,22 @@ pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> anyh
         http_port: cfg.api_addr.port(),
     };
 
+    // Split duties: this node's rpc-server (when it has the binary) and the pipelines it hosts.
+    let rpc_state = Arc::new(RpcServerState::new(cfg.rpc_server.is_some()));
+    let pipelines = Arc::new(RunningPipelines::default());
+
     // The mesh: founded, rejoined or joined; this node's announcement is its own state.
     let transport = IrohTransport::bind_node(identity.secret, cfg.relay.clone()).await?;
     let content: ContentSource = {
         let (info, backends) = (info.clone(), backends.clone());
         let (recorder, measurements) = (recorder.clone(), measurements.clone());
-        Arc::new(move || own_announcement(&info, &backends.list(), &measurements.facts(&recorder)))
+        let (rpc_state, pipelines) = (rpc_state.clone(), pipelines.clone());
+        Arc::new(move || {
+            let mut a = own_announcement(&info, &backends.list(), &measurements.facts(&recorder));
+            a.rpc_ready = rpc_state.rpc_ready();
+            a.pipelines = pipelines.announced(&backends);
+            a
+        })
     };
     let (mesh, tunnels) = Mesh::start(
         Arc::new(transport),
@@ -143,6 +155,7 @@ pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut supervisors = JoinSet::new();
     let (server_events, server_events_rx) = mpsc::unbounded_channel();
+    let split_events = server_events.clone();
     let native_settings = NativeSettings {
         settle: cfg.baseline_settle,
         file_poll: native::FILE_POLL,
@@ -175,8 +188,7 @@ pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> anyh
         router(api.clone()),
         wait_stop(stop_rx.clone()),
     ));
-    // What the election says to serve solo, now and later. Split duties: issue 6's launcher
-    // watches `mesh.election()` as well; RPC tunnel streams arrive on `tunnels.rpc`.
+    // What the election says to serve solo, now and later (split duties below).
     let spec_for: SpecFor = {
         let (cfg, run, probe) = (cfg.clone(), run.clone(), probe.clone());
         Box::new(move |model, spill| LlamaSpec {
@@ -192,6 +204,51 @@ pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> anyh
             extra_args: Vec::new(),
         })
     };
+    // Split duties: the split host's llama-server over RPC tunnels, this node's rpc-server
+    // while the election wants it, and the RPC streams only its elected split hosts may open.
+    let split_ctx = ServingContext {
+        llama_server: cfg.llama_server.clone(),
+        threads: cfg.llama_threads,
+        no_mmap: probe.no_mmap,
+        device: probe.device,
+        advertised_memory_bytes: advertised,
+        logs_dir: logs_dir(&cfg.data_dir),
+        run_dir: run.clone(),
+        models: models.iter().map(|m| (m.name.clone(), m.clone())).collect(),
+        backends: backends.clone(),
+        server_events: Some(split_events),
+        transport: Some(mesh.transport().clone()),
+        rpc_wanted: Arc::new(watch::channel(false).0),
+        pipelines: pipelines.clone(),
+    };
+    if let Some(program) = &cfg.rpc_server {
+        supervisors.spawn(supervise_rpc_server(
+            RpcServerSpec {
+                program: program.clone(),
+                threads: cfg.llama_threads,
+                logs_dir: logs_dir(&cfg.data_dir),
+                run_dir: run.clone(),
+            },
+            split_ctx.rpc_wanted.subscribe(),
+            rpc_state.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    supervisors.spawn(serve_rpc_tunnels(
+        tunnels.rpc,
+        mesh.election(),
+        rpc_state.clone(),
+    ));
+    let view = {
+        let mesh = mesh.clone();
+        Arc::new(move || mesh.view())
+    };
+    supervisors.spawn(run_duties(
+        split_ctx,
+        mesh.election(),
+        view,
+        stop_rx.clone(),
+    ));
     supervisors.spawn(run_solo_duties(
         models,
         mesh.election(),

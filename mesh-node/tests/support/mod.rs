@@ -66,8 +66,8 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// `mesh-node serve` with the real llama-server on `model`, 2 threads, relays off, and
-    /// `extra` arguments.
+    /// `mesh-node serve` with the real llama-server on `model`, relays off, and `extra`
+    /// arguments (2 llama-server threads unless they set `--llama-threads`).
     pub fn serve(parts: &RealParts, model: &Path, data_dir: &Path, extra: &[&str]) -> Self {
         let api = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_mesh-node"))
@@ -79,7 +79,12 @@ impl NodeProcess {
             .arg(&parts.llama_server)
             .arg("--rpc-server")
             .arg(&parts.rpc_server)
-            .args(["--llama-threads", "2", "--relay", "disabled"])
+            .args(["--relay", "disabled"])
+            .args(if extra.contains(&"--llama-threads") {
+                &[][..]
+            } else {
+                &["--llama-threads", "2"][..]
+            })
             .args(extra)
             .env("CLOSEDMESH_LOG", "info")
             .stdin(Stdio::null())
