@@ -601,3 +601,94 @@ async fn status(State(entry): State<Arc<Entry>>) -> Json<StatusPayload> {
 async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(uri.path())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::{KnownPeer, Timestamp};
+
+    fn peer(n: u8, role: Role, f: impl FnOnce(&mut PeerAnnouncement)) -> KnownPeer {
+        let mut a = PeerAnnouncement::new(PeerId::from_bytes([n; 32]), "m", role);
+        f(&mut a);
+        KnownPeer {
+            announcement: a,
+            rtt_ms: Some(3),
+            first_seen: Timestamp::ZERO,
+            last_fresh: Timestamp::ZERO,
+        }
+    }
+
+    fn view(peers: Vec<KnownPeer>) -> MeshView {
+        let me = peer(1, Role::Client, |_| {});
+        let mut all = vec![me];
+        all.extend(peers);
+        MeshView::new(PeerId::from_bytes([1; 32]), all)
+    }
+
+    const M: &str = "Qwen3-8B-Q4_K_M";
+
+    #[test]
+    fn no_target_says_why_with_a_stable_reason_code() {
+        let host = Role::Host { http_port: 1 };
+        let plans = BTreeMap::new();
+        // Nobody knows the model at all.
+        assert_eq!(
+            no_target(M, &view(vec![]), &plans).reason_code,
+            "no_peer_with_model"
+        );
+        // A peer claimed it and is loading (or its host just went away): retry shortly.
+        let loading = view(vec![peer(2, host, |a| a.serving_models = vec![M.into()])]);
+        let e = no_target(M, &loading, &plans);
+        assert_eq!(
+            (e.reason_code, e.status, e.retry_after),
+            (
+                "election_in_progress",
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(5)
+            )
+        );
+        // Requested somewhere, but nobody can hold it.
+        let waiting = view(vec![peer(2, Role::Worker, |a| {
+            a.requested_models = vec![M.into()]
+        })]);
+        assert_eq!(
+            no_target(M, &waiting, &plans).reason_code,
+            "no_capable_node"
+        );
+    }
+
+    #[test]
+    fn only_failures_that_sent_the_caller_nothing_are_retried() {
+        assert!(retryable(StatusCode::BAD_GATEWAY));
+        assert!(retryable(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(retryable(StatusCode::GATEWAY_TIMEOUT));
+        assert!(retryable(StatusCode::NOT_FOUND));
+        assert!(!retryable(StatusCode::OK));
+        assert!(!retryable(StatusCode::BAD_REQUEST));
+        assert!(!retryable(StatusCode::PAYLOAD_TOO_LARGE));
+    }
+
+    #[test]
+    fn a_conversation_keeps_its_routing_key_as_it_grows() {
+        let turn = |n: usize| {
+            let mut messages = vec![
+                serde_json::json!({"role": "system", "content": "be brief"}),
+                serde_json::json!({"role": "user", "content": "hi"}),
+            ];
+            for i in 0..n {
+                messages.push(serde_json::json!({"role": "assistant", "content": format!("a{i}")}));
+                messages.push(serde_json::json!({"role": "user", "content": format!("u{i}")}));
+            }
+            let v = serde_json::json!({"model": M, "messages": messages});
+            v.as_object().unwrap().clone()
+        };
+        assert_eq!(request_key(M, &turn(0)), request_key(M, &turn(3)));
+        let other =
+            serde_json::json!({"model": M, "messages": [{"role": "user", "content": "yo"}]});
+        assert_ne!(
+            request_key(M, &turn(0)),
+            request_key(M, other.as_object().unwrap())
+        );
+        assert_ne!(request_key(M, &turn(0)), request_key("other", &turn(0)));
+    }
+}

@@ -537,4 +537,70 @@ mod tests {
         let rtt = b.ping(a.local_id()).await.unwrap();
         assert!(rtt < Duration::from_secs(1), "{rtt:?}");
     }
+
+    #[tokio::test]
+    async fn a_connection_proves_the_identity_its_dial_info_names() {
+        let (a, b, c) = (node(1).await, node(2).await, node(3).await);
+        // Dialing information that names another key than the peer it is for is refused...
+        assert_eq!(
+            a.add_peer(c.local_id(), &b.dial_info()),
+            Err(TransportError::DialInfoMismatch {
+                expected: c.local_id(),
+                found: b.local_id(),
+            })
+        );
+        // ...and an address that leads to someone else fails the handshake: b cannot answer
+        // for c's key.
+        let mut forged = b.addr();
+        forged.id = PublicKey::from_bytes(c.local_id().as_bytes()).unwrap();
+        a.add_peer(c.local_id(), &serde_json::to_string(&forged).unwrap())
+            .unwrap();
+        let err = a.open(c.local_id(), StreamKind::Gossip).await.err();
+        assert!(
+            matches!(
+                err,
+                Some(TransportError::Connect { .. } | TransportError::Timeout { .. })
+            ),
+            "{err:?}"
+        );
+        // Without any dialing information (relays disabled), there is nothing to dial.
+        let d = node(4).await;
+        assert_eq!(
+            a.open(d.local_id(), StreamKind::Http).await.err(),
+            Some(TransportError::UnknownPeer(d.local_id()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_goes_away_is_reported_lost_and_stops_answering_pings() {
+        let (a, b) = (node(5).await, node(6).await);
+        a.add_peer(b.local_id(), &b.dial_info()).unwrap();
+        a.ping(b.local_id()).await.unwrap();
+        assert!(a.rtt(&b.local_id()).is_some());
+        b.close().await;
+        let lost = tokio::time::timeout(Duration::from_secs(10), a.next_event())
+            .await
+            .expect("loss reported within 10 s");
+        assert!(
+            matches!(lost, Some(TransportEvent::ConnectionLost(p)) if p == b.local_id()),
+            "{lost:?}"
+        );
+        assert_eq!(a.rtt(&b.local_id()), None);
+        let ping = tokio::time::timeout(Duration::from_secs(2), a.ping(b.local_id())).await;
+        assert!(
+            !matches!(ping, Ok(Ok(_))),
+            "a closed peer answered: {ping:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn disconnecting_a_peer_is_not_reported_as_a_loss() {
+        let (a, b) = (node(7).await, node(8).await);
+        a.add_peer(b.local_id(), &b.dial_info()).unwrap();
+        a.ping(b.local_id()).await.unwrap();
+        a.disconnect(&b.local_id());
+        assert_eq!(a.rtt(&b.local_id()), None);
+        let ev = tokio::time::timeout(Duration::from_millis(500), a.next_event()).await;
+        assert!(ev.is_err(), "unexpected event {ev:?}");
+    }
 }
