@@ -7,7 +7,10 @@
 //! - [`dial::Dial`] opens the byte stream the proxy's HTTP/1.1 client runs over;
 //! - [`proxy::ChatProxy`] is the one component that forwards chats and records samples;
 //! - [`backend::Backends`] holds which models are routable, written by the process supervisor
-//!   (or by a simulator).
+//!   (or by a simulator);
+//! - [`transport::Transport`] is the peer transport (iroh here, turmoil in the simulator):
+//!   everything above it — [`mesh::Mesh`] (gossip driver, election, membership),
+//!   [`tunnel`] and [`entry`] — takes an `Arc<dyn Transport>`.
 
 pub mod api;
 pub mod backend;

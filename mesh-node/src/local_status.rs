@@ -1,8 +1,8 @@
 //! This node's own announcement, and `/api/status` from it through mesh-core's classifier.
 //!
-//! Until gossip is wired in (issue 4) the node's mesh view holds only itself, so the payload is
-//! that of a solo host serving its own models: no peers, no split role. The same
-//! [`own_announcement`] is what the gossip machine will publish.
+//! [`own_announcement`] is the content the node's gossip machine publishes (see
+//! [`crate::mesh`]); [`local_view`] is the mesh as a node that knows only itself sees it (a node
+//! API without a mesh, in tests).
 
 use crate::backend::{BackendState, BackendView};
 use mesh_core::peer::{Backend, ModelName, PeerAnnouncement, Role};
