@@ -549,3 +549,105 @@ pub enum InviteArgError {
     #[error("{0}")]
     Invite(invite::InviteError),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::Timestamp;
+
+    fn invite_to(mesh: &str) -> Invite {
+        let key = SecretKey::from_bytes([3; 32]);
+        let mut rng = Pcg64::seed_from_u64(1);
+        invite::mint(
+            &key,
+            mesh,
+            b"dial".to_vec(),
+            Duration::from_secs(60),
+            Timestamp::from_secs(1_000),
+            &mut rng,
+        )
+    }
+
+    fn saved(mesh: &str, invite: Option<&Invite>) -> MeshFile {
+        MeshFile {
+            mesh_id: mesh.into(),
+            invite: invite.map(Invite::to_text),
+            dial_info: "me".into(),
+            members: BTreeMap::from([(PeerId::from_bytes([9; 32]).to_hex(), "info".into())]),
+        }
+    }
+
+    fn options(join: Option<Invite>) -> MeshOptions {
+        MeshOptions::new("/nonexistent", join, 0)
+    }
+
+    #[test]
+    fn a_node_founds_rejoins_or_joins_by_what_it_was_given_and_what_it_remembers() {
+        // Nothing given, nothing remembered: a new mesh.
+        let (id, inv, members) = membership(&options(None), None);
+        assert!(id.starts_with("cm-") && id.len() == 35, "{id}");
+        assert!(inv.is_none() && members.is_empty());
+
+        // Restart: the remembered mesh, its invite (presented again) and members.
+        let old = invite_to("m1");
+        let (id, inv, members) = membership(&options(None), Some(saved("m1", Some(&old))));
+        assert_eq!(id, "m1");
+        assert_eq!(inv, Some(old.clone()));
+        assert_eq!(members[&PeerId::from_bytes([9; 32])], "info");
+
+        // A founder's restart: no invite to present.
+        let (id, inv, _) = membership(&options(None), Some(saved("m1", None)));
+        assert_eq!((id.as_str(), inv), ("m1", None));
+
+        // A new invite to the same mesh keeps the members; to another mesh, starts afresh.
+        let same = invite_to("m1");
+        let (_, inv, members) =
+            membership(&options(Some(same.clone())), Some(saved("m1", Some(&old))));
+        assert_eq!((inv, members.len()), (Some(same), 1));
+        let other = invite_to("m2");
+        let (id, inv, members) =
+            membership(&options(Some(other.clone())), Some(saved("m1", Some(&old))));
+        assert_eq!((id.as_str(), inv, members.len()), ("m2", Some(other), 0));
+    }
+
+    #[test]
+    fn the_state_file_round_trips_and_a_corrupt_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(MeshFile::load(dir.path()).unwrap(), None);
+        let file = saved("m1", Some(&invite_to("m1")));
+        file.save(dir.path()).unwrap();
+        assert_eq!(MeshFile::load(dir.path()).unwrap(), Some(file));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(MeshFile::path(dir.path()))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "it holds a bearer invite");
+        }
+        fs::write(MeshFile::path(dir.path()), "{").unwrap();
+        assert!(matches!(
+            MeshFile::load(dir.path()),
+            Err(MeshError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn invites_are_read_from_text_or_a_file() {
+        let inv = invite_to("m1");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("invite.txt");
+        fs::write(&path, format!("{}\n", inv.to_text())).unwrap();
+        assert_eq!(read_invite(&format!("@{}", path.display())).unwrap(), inv);
+        assert_eq!(read_invite(&format!("  {}  ", inv.to_text())).unwrap(), inv);
+        assert!(matches!(
+            read_invite("@/no/such/file"),
+            Err(InviteArgError::File { .. })
+        ));
+        assert!(matches!(
+            read_invite("closedmesh1!!"),
+            Err(InviteArgError::Invite(_))
+        ));
+    }
+}
