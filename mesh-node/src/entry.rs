@@ -161,7 +161,7 @@ pub async fn run(cfg: EntryConfig, shutdown: impl Future<Output = ()>) -> anyhow
         .await
         .with_context(|| format!("binding the API to {}", cfg.api_addr))?;
     tracing::info!(addr = %listener.local_addr()?, node_id = %me, "entry API listening");
-    http_serve::serve(listener, router(entry), shutdown).await;
+    http_serve::serve(http_serve::nodelay(listener), router(entry), shutdown).await;
     tracing::info!("shutting down: leaving the mesh");
     mesh.shutdown().await;
     Ok(())

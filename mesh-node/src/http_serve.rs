@@ -3,7 +3,7 @@
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use axum::serve::Listener;
+use axum::serve::{Listener, ListenerExt};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
@@ -12,6 +12,18 @@ use tower::ServiceExt;
 
 /// Request line plus headers above this are refused with 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// A TCP listener whose connections have Nagle's algorithm off: a streamed token is a small
+/// write that must leave at once, not wait for the caller's delayed ACK (up to 40 ms on Linux).
+pub fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY on a client connection");
+        }
+    })
+}
 
 /// Accepts connections until `shutdown` resolves, then asks open connections to finish their
 /// current response and stops accepting. Each request carries `ConnectInfo<L::Addr>`.

@@ -257,7 +257,7 @@ pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> anyh
         stop_rx.clone(),
     ));
 
-    http_serve::serve(listener, router(api), shutdown).await;
+    http_serve::serve(http_serve::nodelay(listener), router(api), shutdown).await;
     tracing::info!("shutting down: leaving the mesh, stopping llama-server processes");
     mesh.shutdown().await;
     let _ = stop_tx.send(true);

@@ -43,10 +43,7 @@ impl Dial for PeerDialer {
 /// The upstream for a chat routed to `peer`: its API, through the mesh. No key: the transport
 /// authenticates this node, and the host admits only members.
 pub fn peer_upstream(transport: Arc<dyn Transport>, peer: PeerId) -> Upstream {
-    Upstream {
-        dialer: Arc::new(PeerDialer { transport, peer }),
-        api_key: None,
-    }
+    Upstream::new(Arc::new(PeerDialer { transport, peer }), None)
 }
 
 /// HTTP tunnel streams as connections for `axum::serve` / [`crate::http_serve::serve`].

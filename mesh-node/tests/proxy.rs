@@ -633,10 +633,7 @@ impl Dial for DuplexDialer {
 #[tokio::test]
 async fn the_proxy_runs_over_any_byte_stream_a_dialer_opens() {
     let (fake, replies) = FakeUpstream::new();
-    let upstream = Upstream {
-        dialer: Arc::new(DuplexDialer { fake }),
-        api_key: None,
-    };
+    let upstream = Upstream::new(Arc::new(DuplexDialer { fake }), None);
     let node = Node::with_upstream(upstream).await;
     let (give, chunks) = oneshot::channel();
     replies.send(Reply::Stream(give)).unwrap();
