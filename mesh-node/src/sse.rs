@@ -3,6 +3,7 @@
 //! boundaries), or usage from a non-streaming JSON body.
 
 use serde::Deserialize;
+use std::borrow::Cow;
 
 /// An event larger than this is not a chat chunk; it is skipped rather than buffered.
 const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
@@ -114,31 +115,32 @@ pub fn json_completion_tokens(body: &[u8]) -> Option<u32> {
         .completion_tokens
 }
 
-/// The parts of a chat chunk (or body) the proxy reads; everything else is ignored.
+/// The parts of a chat chunk (or body) the proxy reads; everything else is ignored. Text is
+/// borrowed from the event where it can be (no escapes), so reading a token allocates little.
 #[derive(Deserialize)]
-struct Chunk {
-    #[serde(default)]
-    choices: Vec<Choice>,
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<Choice<'a>>,
     #[serde(default)]
     usage: Option<Usage>,
 }
 
 #[derive(Deserialize)]
-struct Choice {
-    #[serde(default)]
-    delta: Option<Delta>,
+struct Choice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
     /// Legacy `/v1/completions` chunks.
-    #[serde(default)]
-    text: Option<String>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
-struct Delta {
-    #[serde(default)]
-    content: Option<String>,
+struct Delta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
     /// Thinking models stream their reasoning here before the answer: it is generated tokens.
-    #[serde(default)]
-    reasoning_content: Option<String>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -147,9 +149,9 @@ struct Usage {
     completion_tokens: Option<u32>,
 }
 
-impl Chunk {
+impl Chunk<'_> {
     fn has_content(&self) -> bool {
-        let non_empty = |s: &Option<String>| s.as_deref().is_some_and(|s| !s.is_empty());
+        let non_empty = |s: &Option<Cow<'_, str>>| s.as_deref().is_some_and(|s| !s.is_empty());
         self.choices.iter().any(|c| {
             non_empty(&c.text)
                 || c.delta
