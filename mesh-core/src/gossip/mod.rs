@@ -16,6 +16,9 @@
 //!   receiver that had not seen it (rumour mongering); every tick each node sends a digest
 //!   `(peer, seq)` to K random live peers, and the pair exchange whatever either lacks
 //!   (Scuttlebutt anti-entropy), which repairs what rumours missed;
+//! - a local change confined to load (`inflight_requests`, `model_timings`) is published at
+//!   most every [`Config::metrics_interval`] and pushed and relayed to `heartbeat_fanout` peers
+//!   only (anti-entropy brings it to the rest): a busy host's load changes with every request;
 //! - a peer is alive while fresh seqs arrive (directly or relayed), stale after
 //!   [`Config::stale_after`] without one, removed after [`Config::remove_after`]; a signed
 //!   `Leaving` removes it at once; removal leaves a tombstone so older copies still circulating

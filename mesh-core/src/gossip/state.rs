@@ -34,6 +34,13 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// Like `rumor_fanout`, for heartbeats; anti-entropy covers whom they miss.
     pub heartbeat_fanout: usize,
+    /// A local change confined to load and measurements (`inflight_requests`, `model_timings`)
+    /// is published at most this often after the previous publication; any other change goes
+    /// out at once, carrying the latest load. A busy host's load changes with every request, and
+    /// each publication costs a rumour to the whole mesh; the router adds its own fresher count.
+    /// Such load-only news is pushed and forwarded to `heartbeat_fanout` peers, not
+    /// `rumor_fanout`: most peers hear it at once, anti-entropy brings it to the rest.
+    pub metrics_interval: Duration,
     /// Without a fresh seq for this long a peer is stale: out of the view, not a gossip target.
     pub stale_after: Duration,
     /// ... and for this long it is removed (and tombstoned).
@@ -58,10 +65,11 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             tick_interval: Duration::from_secs(60),
-            anti_entropy_peers: 5,
+            anti_entropy_peers: 2,
             rumor_fanout: 6,
             heartbeat_interval: Duration::from_secs(60),
             heartbeat_fanout: 2,
+            metrics_interval: Duration::from_secs(30),
             stale_after: Duration::from_secs(180),
             remove_after: Duration::from_secs(360),
             tombstone_ttl: Duration::from_secs(720),
@@ -254,6 +262,12 @@ pub struct State {
     created_at: Timestamp,
     local: SignedAnnouncement,
     local_heartbeat: Option<SignedHeartbeat>,
+    /// A load-only change waiting for `metrics_interval` to pass since `last_publish`.
+    pending_local: Option<PeerAnnouncement>,
+    /// Whether the records being accepted carry more than load-only changes (set while
+    /// accepting, read when forwarding them).
+    structural_news: bool,
+    last_publish: Timestamp,
     seq: u64,
     last_bump: Timestamp,
     left: bool,
@@ -267,7 +281,7 @@ pub struct State {
     hello_sent: BTreeMap<PeerId, Timestamp>,
     revocations: BTreeMap<(PeerId, InviteId), SignedRevocation>,
     /// Live, reachable, active peers in id order: the gossip target candidates (a cache,
-    /// cleared whenever an entry or one of those flags changes).
+    /// cleared whenever an entry or one of those flags changes; a new peer is inserted in place).
     targets: Option<Vec<PeerId>>,
     next_tick: Timestamp,
     next_reconnect: Timestamp,
@@ -317,6 +331,9 @@ impl State {
             rng,
             created_at: now,
             local_heartbeat: None,
+            pending_local: None,
+            structural_news: false,
+            last_publish: now,
             seq,
             last_bump: now,
             left: false,
@@ -363,6 +380,9 @@ impl State {
             .min(self.last_bump + self.config.heartbeat_interval);
         if let Some(Reverse((deadline, _))) = self.timers.peek() {
             t = t.min(*deadline);
+        }
+        if self.pending_local.is_some() {
+            t = t.min(self.last_publish + self.config.metrics_interval);
         }
         Some(t)
     }
@@ -515,10 +535,13 @@ impl State {
                 self.stats.admitted += 1;
                 self.emit(Event::Admitted { peer: from, by });
                 let hello_seq = hello.announcement.value().seq;
+                self.structural_news = false;
                 let mut news = Records::default();
                 let mut wanted = Vec::new();
                 self.accept_announcement(from, hello.announcement, now, &mut news, &mut wanted);
-                if let Some(e) = self.peers.get_mut(&from) {
+                if let Some(e) = self.peers.get_mut(&from)
+                    && e.passive != hello.passive
+                {
                     e.passive = hello.passive;
                     self.targets = None;
                 }
@@ -557,8 +580,29 @@ impl State {
         a.mesh_id.clone_from(&self.mesh_id);
         a.seq = self.local.value().seq;
         if &a == self.local.value() {
+            self.pending_local = None;
             return;
         }
+        if now < self.last_publish + self.config.metrics_interval && self.load_only_change(&a) {
+            self.pending_local = Some(a);
+            return;
+        }
+        self.publish(a, now);
+    }
+
+    /// Whether `a` differs from the published announcement only in load and measurements.
+    fn load_only_change(&self, a: &PeerAnnouncement) -> bool {
+        load_only(self.local.value(), a)
+    }
+
+    fn publish(&mut self, mut a: PeerAnnouncement, now: Timestamp) {
+        let fanout = if self.load_only_change(&a) {
+            self.config.heartbeat_fanout
+        } else {
+            self.config.rumor_fanout
+        };
+        self.pending_local = None;
+        self.last_publish = now;
         a.seq = self.next_seq(now);
         self.local = Signed::sign(&self.key, a);
         self.local_heartbeat = None;
@@ -567,7 +611,7 @@ impl State {
             announcements: vec![self.local.clone()],
             ..Records::default()
         };
-        self.push_rumor(news, self.config.rumor_fanout, &[]);
+        self.push_rumor(news, fanout, &[]);
     }
 
     fn on_join(&mut self, inv: Invite, now: Timestamp) {
@@ -639,6 +683,11 @@ impl State {
     }
 
     fn on_timeout(&mut self, now: Timestamp) {
+        if now >= self.last_publish + self.config.metrics_interval
+            && let Some(a) = self.pending_local.take()
+        {
+            self.publish(a, now);
+        }
         if now >= self.last_bump + self.config.heartbeat_interval {
             self.heartbeat(now);
         }
@@ -768,7 +817,11 @@ impl State {
     }
 
     fn on_digest(&mut self, from: PeerId, d: Digest, now: Timestamp) {
-        if let Some(e) = self.peers.get_mut(&from) {
+        // The target cache only changes with the flag (rebuilding it on every digest cost more
+        // than the digest itself in thousand-peer meshes).
+        if let Some(e) = self.peers.get_mut(&from)
+            && e.passive != d.passive
+        {
             e.passive = d.passive;
             self.targets = None;
         }
@@ -851,6 +904,7 @@ impl State {
     }
 
     fn on_records(&mut self, from: PeerId, records: Records, rumor: bool, now: Timestamp) {
+        self.structural_news = false;
         let mut news = Records::default();
         let mut wanted = Vec::new();
         // Heartbeats first: one may vouch for an announcement in the same batch.
@@ -939,6 +993,10 @@ impl State {
             return;
         }
         let seq = a.seq;
+        self.structural_news |= self
+            .peers
+            .get(&origin)
+            .is_none_or(|e| !load_only(e.announcement.value(), a));
         news.announcements.push(sa.clone());
         let Some(e) = self.peers.get_mut(&origin) else {
             let revival = self
@@ -947,7 +1005,13 @@ impl State {
                 .and_then(|t| t.revival)
                 .filter(|hb| hb.value().seq > seq);
             self.roster.remove(&origin);
-            self.targets = None;
+            // A new live, active, reachable peer joins the target cache in place (rebuilding
+            // it after every join is quadratic while a large mesh fills).
+            if let Some(targets) = &mut self.targets
+                && let Err(i) = targets.binary_search(&origin)
+            {
+                targets.insert(i, origin);
+            }
             self.peers.insert(
                 origin,
                 Entry {
@@ -974,8 +1038,10 @@ impl State {
         let recovered = fresh && e.stale;
         if fresh {
             e.last_fresh = now;
-            e.stale = false;
-            self.targets = None;
+            if e.stale {
+                e.stale = false;
+                self.targets = None;
+            }
         }
         // A heartbeat newer than this content may have announced still newer content.
         if let Some(hb) = &e.heartbeat
@@ -1240,10 +1306,11 @@ impl State {
         if self.config.passive || news.is_empty() {
             return;
         }
-        let fanout = if news.announcements.is_empty()
-            && news.leavings.is_empty()
+        // Heartbeats, and announcements that only changed load, go to fewer peers.
+        let light = news.leavings.is_empty()
             && news.revocations.is_empty()
-        {
+            && (news.announcements.is_empty() || !self.structural_news);
+        let fanout = if light {
             self.config.heartbeat_fanout
         } else {
             self.config.rumor_fanout
@@ -1373,6 +1440,17 @@ impl State {
     fn emit(&mut self, event: Event) {
         self.outputs.push_back(Output::Event(event));
     }
+}
+
+/// Whether `new` differs from `old` only in `seq` and load (`inflight_requests`,
+/// `model_timings`).
+fn load_only(old: &PeerAnnouncement, new: &PeerAnnouncement) -> bool {
+    PeerAnnouncement {
+        seq: old.seq,
+        inflight_requests: old.inflight_requests,
+        model_timings: old.model_timings.clone(),
+        ..new.clone()
+    } == *old
 }
 
 /// A uniform index below `n` (n > 0), without modulo bias worth the name (n ≪ 2^64).

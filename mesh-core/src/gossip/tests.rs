@@ -287,6 +287,72 @@ fn origin_bumps_seq_every_heartbeat_and_a_content_change_restarts_the_interval()
 }
 
 #[test]
+fn load_only_changes_are_published_at_most_every_metrics_interval() {
+    let (mut net, ids) = mesh(3, Config::default());
+    let a = ids[0];
+    let rumors = |net: &Net| {
+        net.sent_by(a)
+            .iter()
+            .filter(|(_, m)| matches!(m, Message::Rumor(r) if !r.announcements.is_empty()))
+            .count()
+    };
+    let mut changed = net.node(a).local().value().clone();
+    changed.hostname = "a".into();
+    net.input(
+        a,
+        Input::UpdateLocal(Box::new(changed.clone())),
+        T0 + secs(40),
+    );
+    assert!(rumors(&net) > 0, "a structural change goes out at once");
+    let published = net.node(a).local().value().seq;
+    net.queue.clear();
+
+    // Load changes within the interval wait; the latest one goes out when it is up.
+    for (i, at) in [(1, 41), (2, 55), (3, 68)] {
+        changed.inflight_requests = i;
+        net.input(
+            a,
+            Input::UpdateLocal(Box::new(changed.clone())),
+            T0 + secs(at),
+        );
+    }
+    assert_eq!(rumors(&net), 0);
+    assert_eq!(net.node(a).local().value().seq, published);
+    assert!(
+        net.node(a)
+            .poll_timeout()
+            .is_some_and(|t| t <= T0 + secs(70))
+    );
+    timeout(&mut net, a, T0 + secs(70));
+    assert!(rumors(&net) > 0);
+    assert_eq!(net.node(a).local().value().inflight_requests, 3);
+    net.queue.clear();
+
+    // A structural change takes the pending load along at once.
+    changed.inflight_requests = 4;
+    net.input(
+        a,
+        Input::UpdateLocal(Box::new(changed.clone())),
+        T0 + secs(71),
+    );
+    changed.hosted_models = vec!["Qwen3-8B-Q4_K_M".into()];
+    net.input(a, Input::UpdateLocal(Box::new(changed)), T0 + secs(72));
+    let local = net.node(a).local().value();
+    assert_eq!((local.inflight_requests, local.hosted_models.len()), (4, 1));
+    assert!(rumors(&net) > 0);
+
+    // A load change undone before it was due is not published at all.
+    net.queue.clear();
+    let mut back = net.node(a).local().value().clone();
+    back.inflight_requests = 9;
+    net.input(a, Input::UpdateLocal(Box::new(back.clone())), T0 + secs(73));
+    back.inflight_requests = 4;
+    net.input(a, Input::UpdateLocal(Box::new(back)), T0 + secs(74));
+    timeout(&mut net, a, T0 + secs(105));
+    assert_eq!(rumors(&net), 0);
+}
+
+#[test]
 fn seq_is_wall_clock_millis_or_one_more_than_the_last() {
     let (mut net, ids) = mesh(2, Config::default());
     let a = ids[0];
@@ -308,6 +374,7 @@ fn seq_is_wall_clock_millis_or_one_more_than_the_last() {
 fn tick_sends_a_digest_to_k_distinct_live_peers_and_reschedules() {
     let config = Config {
         heartbeat_interval: secs(3600),
+        anti_entropy_peers: 5,
         ..Config::default()
     };
     let (mut net, ids) = mesh(8, config);
@@ -839,6 +906,57 @@ fn local_change_is_pushed_at_once_and_an_unchanged_one_is_not() {
         .map(|(to, _)| to)
         .collect();
     assert_eq!(pushed.len(), 6, "rumor_fanout distinct peers");
+}
+
+#[test]
+fn load_only_news_goes_to_heartbeat_fanout_peers_at_the_origin_and_at_every_relay() {
+    let (mut net, ids) = mesh(10, Config::default());
+    let (a, b) = (ids[0], ids[1]);
+    let rumor_targets = |net: &Net, at: PeerId| {
+        net.sent_by(at)
+            .into_iter()
+            .filter(|(_, m)| matches!(m, Message::Rumor(r) if !r.announcements.is_empty()))
+            .count()
+    };
+    net.queue.clear();
+    let mut changed = net.node(a).local().value().clone();
+    changed.inflight_requests = 3;
+    net.input(
+        a,
+        Input::UpdateLocal(Box::new(changed.clone())),
+        T0 + secs(60),
+    );
+    assert_eq!(rumor_targets(&net, a), 2, "heartbeat_fanout");
+    let load_only = net.node(a).local().clone();
+    net.queue.clear();
+    let relay = |net: &mut Net, news: SignedAnnouncement| {
+        net.input(
+            b,
+            Input::Message {
+                from: a,
+                message: Message::Rumor(Records {
+                    announcements: vec![news],
+                    ..Records::default()
+                }),
+            },
+            T0 + secs(61),
+        );
+    };
+    relay(&mut net, load_only);
+    assert_eq!(
+        rumor_targets(&net, b),
+        2,
+        "relayed to heartbeat_fanout peers"
+    );
+    net.queue.clear();
+    // The same at a structural change: the whole rumour fanout.
+    changed.hosted_models = vec!["Qwen3-8B-Q4_K_M".into()];
+    net.input(a, Input::UpdateLocal(Box::new(changed)), T0 + secs(62));
+    assert_eq!(rumor_targets(&net, a), 6);
+    let structural = net.node(a).local().clone();
+    net.queue.clear();
+    relay(&mut net, structural);
+    assert_eq!(rumor_targets(&net, b), 6);
 }
 
 #[test]

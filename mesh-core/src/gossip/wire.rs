@@ -117,6 +117,14 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, EncodeError> {
     Ok(frame)
 }
 
+/// The length of `encode(message)`'s frame, computed without building it (simulators count
+/// bytes on the wire for every message they pass as a value).
+pub fn encoded_len(message: &Message) -> usize {
+    HEADER_LEN
+        + postcard::serialize_with_flavor(message, postcard::ser_flavors::Size::default())
+            .expect("postcard sizing of plain in-memory data cannot fail")
+}
+
 /// Reads a frame header; returns the body length that follows.
 pub fn decode_header(header: &[u8]) -> Result<usize, DecodeError> {
     let Some(&generation) = header.first() else {
@@ -246,6 +254,36 @@ mod tests {
         let len = (frame.len() - HEADER_LEN) as u32;
         frame[1..5].copy_from_slice(&len.to_be_bytes());
         assert!(matches!(decode(&frame), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn encoded_len_is_the_frame_length() {
+        let digest = Message::Digest(Digest {
+            entries: (0..300u64)
+                .map(|i| (PeerId([i as u8; 32]), i << 20))
+                .collect(),
+            revocations: vec![],
+            passive: true,
+        });
+        let key = crate::gossip::sign::SecretKey::from_bytes([3; 32]);
+        let mut a = crate::peer::PeerAnnouncement::new(
+            key.peer_id(),
+            "m",
+            crate::peer::Role::Host { http_port: 1 },
+        );
+        a.hosted_models = vec!["Qwen3-8B-Q4_K_M".into()];
+        let records = Records {
+            announcements: vec![crate::gossip::sign::Signed::sign(&key, a)],
+            ..Records::default()
+        };
+        for m in [
+            Message::PeerDown(PeerId([7; 32])),
+            digest,
+            Message::Records(Records::default()),
+            Message::Rumor(records),
+        ] {
+            assert_eq!(encoded_len(&m), encode(&m).unwrap().len(), "{m:?}");
+        }
     }
 
     #[test]
