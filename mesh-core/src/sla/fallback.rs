@@ -279,7 +279,9 @@ impl FallbackBudget {
     }
 }
 
-fn caller_key(ip: IpAddr) -> IpAddr {
+/// The address a caller's budget is counted under: IPv4 as is, IPv4-mapped IPv6 as IPv4, other
+/// IPv6 by its /64. Shared stores (Redis) key budgets by it too.
+pub fn caller_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

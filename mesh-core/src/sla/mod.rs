@@ -18,7 +18,7 @@ pub mod tier;
 
 pub use fallback::{
     BudgetLeft, FallbackBudget, FallbackConfig, FallbackDecision, FallbackStatus, FallbackTrigger,
-    OverBudget, decide_and_spend, decide_fallback, decide_fallback_after_mesh_failure,
+    OverBudget, caller_key, decide_and_spend, decide_fallback, decide_fallback_after_mesh_failure,
 };
 pub use gate::{
     Candidate, EntryMeasurement, EntryMeasurements, EntrySamples, Evaluation, Measured,
