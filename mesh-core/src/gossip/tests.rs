@@ -960,6 +960,60 @@ fn load_only_news_goes_to_heartbeat_fanout_peers_at_the_origin_and_at_every_rela
 }
 
 #[test]
+fn with_relay_batch_relayed_heartbeats_go_out_together_when_the_batch_is_due() {
+    let config = Config {
+        relay_batch: secs(1),
+        ..Config::default()
+    };
+    let (mut net, ids) = mesh(8, config);
+    let relay = ids[0];
+    timeout(&mut net, relay, T0 + secs(60)); // its own heartbeat goes out at once
+    net.queue.clear();
+    let mut beats = Vec::new();
+    for &origin in &ids[1..4] {
+        let at = T0 + secs(60);
+        timeout(&mut net, origin, at);
+        beats.extend(net.sent_by(origin).into_iter().find_map(|(_, m)| match m {
+            Message::Rumor(r) if !r.heartbeats.is_empty() => Some(r.heartbeats[0].clone()),
+            _ => None,
+        }));
+        net.queue.clear();
+    }
+    assert_eq!(beats.len(), 3);
+    for (i, hb) in beats.into_iter().enumerate() {
+        net.input(
+            relay,
+            Input::Message {
+                from: ids[1 + i],
+                message: Message::Rumor(Records {
+                    heartbeats: vec![hb],
+                    ..Records::default()
+                }),
+            },
+            T0 + secs(60) + Duration::from_millis(100 * i as u64),
+        );
+    }
+    let rumors = |net: &Net| -> Vec<usize> {
+        net.sent_by(relay)
+            .into_iter()
+            .filter_map(|(_, m)| match m {
+                Message::Rumor(r) => Some(r.heartbeats.len()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(rumors(&net).is_empty(), "held for the batch");
+    assert!(
+        net.node(relay)
+            .poll_timeout()
+            .is_some_and(|t| t <= T0 + secs(61)),
+        "due one relay_batch after the first"
+    );
+    timeout(&mut net, relay, T0 + secs(61));
+    assert_eq!(rumors(&net), [3, 3], "all three, to heartbeat_fanout peers");
+}
+
+#[test]
 fn rumour_is_forwarded_once_on_first_receipt_and_replies_are_not_forwarded() {
     let (mut net, ids) = mesh(5, Config::default());
     let (a, b, c) = (ids[0], ids[1], ids[2]);
