@@ -62,6 +62,15 @@ pub struct ModelTiming {
     pub samples_in_window: u32,
 }
 
+/// Demand an entry saw for one model (SPEC §3 duplicate hosts): requests it routed in the last
+/// minute and distinct callers in the last few minutes. Every node sums these over the mesh.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelDemand {
+    pub model: ModelName,
+    pub clients: u32,
+    pub requests_per_min: f64,
+}
+
 /// Identity of a model as served: from the fixed temperature-0 probe (SPEC §7).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fingerprint {
@@ -135,6 +144,8 @@ pub struct PeerAnnouncement {
     pub rpc_ready: Option<bool>,
     pub inflight_requests: u32,
     pub model_timings: Vec<ModelTiming>,
+    /// What an entry routed lately, per model (empty on peers that route nothing).
+    pub demand: Vec<ModelDemand>,
     pub native_baselines: Vec<NativeBaseline>,
     pub rtt_hints: Vec<RttHint>,
     /// Pipelines this peer hosts right now (empty unless it is a split host).
@@ -166,6 +177,7 @@ impl PeerAnnouncement {
             rpc_ready: None,
             inflight_requests: 0,
             model_timings: Vec::new(),
+            demand: Vec::new(),
             native_baselines: Vec::new(),
             rtt_hints: Vec::new(),
             pipelines: Vec::new(),

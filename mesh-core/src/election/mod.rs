@@ -18,10 +18,12 @@
 //! and never turns a model that fits into a split.
 
 mod backoff;
+mod demand;
 mod plan;
 mod select;
 
 pub use backoff::LaunchBackoff;
+pub use demand::{CLIENT_WINDOW, DemandMeter, REQUEST_WINDOW, demand_from_view};
 pub use select::select_serving_models;
 
 use crate::id::PeerId;

@@ -34,8 +34,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// Like `rumor_fanout`, for heartbeats; anti-entropy covers whom they miss.
     pub heartbeat_fanout: usize,
-    /// A local change confined to load and measurements (`inflight_requests`, `model_timings`)
-    /// is published at most this often after the previous publication; any other change goes
+    /// A local change confined to load and measurements (`inflight_requests`, `model_timings`,
+    /// `demand`) is published at most this often after the previous publication; any other change goes
     /// out at once, carrying the latest load. A busy host's load changes with every request, and
     /// each publication costs a rumour to the whole mesh; the router adds its own fresher count.
     /// Such load-only news is pushed and forwarded to `heartbeat_fanout` peers, not
@@ -1474,12 +1474,13 @@ impl State {
 }
 
 /// Whether `new` differs from `old` only in `seq` and load (`inflight_requests`,
-/// `model_timings`).
+/// `model_timings`, `demand`).
 fn load_only(old: &PeerAnnouncement, new: &PeerAnnouncement) -> bool {
     PeerAnnouncement {
         seq: old.seq,
         inflight_requests: old.inflight_requests,
         model_timings: old.model_timings.clone(),
+        demand: old.demand.clone(),
         ..new.clone()
     } == *old
 }
