@@ -25,11 +25,11 @@
 use crate::clock::Clock;
 use crate::gossip_driver::{Driver, DriverConfig, Gossip};
 use crate::transport::{Inbound, StreamKind, Transport, TransportEvent};
-use mesh_core::election::{Demand, Election, NodeElection};
+use mesh_core::election::{self, Election, NodeElection};
 use mesh_core::gossip::{self, Input, SecretKey};
 use mesh_core::invite::{self, Invite};
 use mesh_core::peer::{ModelName, PeerAnnouncement, Role};
-use mesh_core::{MeshView, PeerId};
+use mesh_core::{MeshView, PeerId, Timestamp};
 use rand_core::SeedableRng;
 use rand_pcg::Pcg64;
 use serde::{Deserialize, Serialize};
@@ -223,9 +223,17 @@ impl Mesh {
             now,
         );
         state.remember_members(members.keys().copied(), now);
-        // The first election sees this node alone: what it can serve by itself, it serves.
+        // A founder's first election sees it alone: what it can serve by itself, it serves. A
+        // node joining (or rejoining) a mesh holds its election until it hears from a member,
+        // or JOIN_SETTLE passes: deciding alone, it would launch what the mesh already serves.
         let mut election = Election::new();
-        let first = election.decide(&state.view(|_| None), &BTreeMap::new(), now);
+        let joining = invite.is_some() || !members.is_empty();
+        let alone = election.decide(&state.view(|_| None), &BTreeMap::new(), now);
+        let hold = joining.then(|| (now + JOIN_SETTLE, held_election(&alone)));
+        let first = match &hold {
+            Some((_, held)) => held.clone(),
+            None => alone,
+        };
         local.serving_models = serving(&local, &first);
         let _ = state
             .handle(Input::UpdateLocal(Box::new(local)), now)
@@ -269,6 +277,7 @@ impl Mesh {
             election,
             election_tx,
             options.announce_interval,
+            hold,
         ));
         tasks.spawn(persist_loop(
             gossip.clone(),
@@ -446,6 +455,22 @@ async fn dispatch(gossip: Arc<Gossip>, http: mpsc::Sender<Inbound>, rpc: mpsc::S
     }
 }
 
+/// A joining node acts on its election once it has heard from a member of the mesh, or after
+/// this long without (nobody answers: it serves what it can by itself).
+pub const JOIN_SETTLE: Duration = Duration::from_secs(10);
+
+/// The election of a node that has not heard from its mesh yet: no duties, nothing advertised;
+/// its rpc-server runs if it would alone (a split host only picks workers whose rpc-server is
+/// up, and the server accepts nobody but an elected host).
+fn held_election(alone: &NodeElection) -> NodeElection {
+    NodeElection {
+        serving_models: Vec::new(),
+        duties: BTreeMap::new(),
+        run_rpc_server: alone.run_rpc_server,
+        plans: BTreeMap::new(),
+    }
+}
+
 /// Refreshes the announcement and the election.
 async fn announce(
     gossip: Arc<Gossip>,
@@ -453,15 +478,31 @@ async fn announce(
     mut election: Election,
     election_tx: watch::Sender<NodeElection>,
     every: Duration,
+    mut hold: Option<(Timestamp, NodeElection)>,
 ) {
-    let demand: BTreeMap<ModelName, Demand> = BTreeMap::new();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = gossip.clock().now();
         let view = gossip.view();
-        let outcome = election.decide(&view, &demand, now);
+        if let Some((until, _)) = &hold {
+            // Heard from the mesh, with an RTT to each member that could serve: an election
+            // that scored others as unmeasured would elect this node over better hosts.
+            let others = || view.peers.iter().filter(|p| p.id() != view.me);
+            let heard = others().next().is_some()
+                && others().all(|p| p.rtt_ms.is_some() || p.announcement.role == Role::Client);
+            if heard || now >= *until {
+                tracing::info!(heard_from_mesh = heard, "joined: acting on the election");
+                hold = None;
+            }
+        }
+        // What the mesh's entries routed lately: hot models get a second solo host.
+        let demand = election::demand_from_view(&view);
+        let outcome = match &hold {
+            Some((_, held)) => held.clone(),
+            None => election.decide(&view, &demand, now),
+        };
         let mut local = content();
         local.dial_info = gossip.transport().dial_info();
         local.serving_models = serving(&local, &outcome);
@@ -558,7 +599,6 @@ pub enum InviteArgError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_core::Timestamp;
 
     fn invite_to(mesh: &str) -> Invite {
         let key = SecretKey::from_bytes([3; 32]);

@@ -126,6 +126,12 @@ async fn an_entry_routes_chats_to_two_hosts_over_iroh_and_drops_a_killed_host_wi
     let mut a = NodeProcess::serve(&parts, &parts.model, &a_dir, &quiet);
     let invite = wait_file(&a_dir.join("invite.txt"), Duration::from_secs(30)).await;
     let join_arg = format!("@{}", a_dir.join("invite.txt").display());
+    // The founder serves before the other host joins, so the joiner hears of a running host and
+    // stands by: only demand makes it a second host.
+    a.wait_status("the founder serving", Duration::from_secs(120), |s| {
+        s["hosted_models"] == json!([model])
+    })
+    .await;
     let mut b = NodeProcess::serve(
         &parts,
         &parts.model,
@@ -136,7 +142,29 @@ async fn an_entry_routes_chats_to_two_hosts_over_iroh_and_drops_a_killed_host_wi
     wait_file(&b_dir.join("secret-key"), Duration::from_secs(30)).await;
     let (a_id, b_id) = (short_id(&a_dir), short_id(&b_dir));
 
-    // Both hosts serve, and the entry sees both as dialable hosts of the model.
+    // One host serves; the joiner stands by: a second solo host starts only under demand
+    // (SPEC §3: ≥ 2 clients or ≥ 10 requests a minute).
+    let status = e
+        .wait_status(
+            "the founder routable at the entry, the joiner standing by",
+            Duration::from_secs(120),
+            |s| routable(s, &a_id, model) && row(s, &b_id).is_some_and(|r| r["state"] == "standby"),
+        )
+        .await;
+    let joiner = row(&status, &b_id).unwrap();
+    assert_eq!(
+        joiner["hosted_models"],
+        json!([]),
+        "{joiner:#}\n{}",
+        b.log()
+    );
+    assert_eq!(joiner["state"], "standby", "{joiner:#}\n{}", b.log());
+    for i in 0..10 {
+        send(&e, &chat(model, &format!("Warm up {i}."), false)).await;
+    }
+
+    // The entry announces that demand; the mesh adds the other host, and the entry sees both
+    // as dialable hosts of the model.
     let status = e
         .wait_status(
             "both hosts routable at the entry",
