@@ -94,6 +94,20 @@ pub struct EntryArgs {
     /// Seconds a host may take to send a chat's response head [default: 300].
     #[arg(long, env = "CLOSEDMESH_FIRST_BYTE_TIMEOUT_S")]
     pub first_byte_timeout_s: Option<u64>,
+    /// Redis (`redis://[:password@]host:port[/db]`) for mesh-share counters and per-IP fallback
+    /// budgets shared by several entries [default: counters in the data dir].
+    #[arg(long, env = "CLOSEDMESH_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// The fallback provider's OpenAI-compatible API root [default: https://openrouter.ai/api/v1].
+    #[arg(long, env = "CLOSEDMESH_FALLBACK_BASE_URL")]
+    pub fallback_base_url: Option<String>,
+    /// A file holding the fallback provider's API key (or set CLOSEDMESH_FALLBACK_API_KEY).
+    #[arg(long, env = "CLOSEDMESH_FALLBACK_API_KEY_FILE")]
+    pub fallback_api_key_file: Option<PathBuf>,
+    /// A file of inference API keys, one per line, that chats must present as
+    /// `Authorization: Bearer` (or set CLOSEDMESH_API_KEYS) [default: open].
+    #[arg(long, env = "CLOSEDMESH_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
     /// TOML file with any of the settings above (keys in snake_case).
     #[arg(long, env = "CLOSEDMESH_CONFIG")]
     pub config: Option<PathBuf>,
@@ -110,6 +124,10 @@ pub struct InviteArgs {
     /// The data dir of the node whose mesh the invite is for [default: ~/.closedmesh].
     #[arg(long, env = "CLOSEDMESH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Revoke this invite (its text, or @file) instead of minting one: the running node
+    /// gossips the revocation, and members refuse the invite from then on.
+    #[arg(long, value_name = "INVITE|@FILE", conflicts_with_all = ["out"])]
+    pub revoke: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

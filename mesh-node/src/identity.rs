@@ -9,6 +9,8 @@ use std::io;
 use std::path::Path;
 
 pub const SECRET_KEY_FILE: &str = "secret-key";
+/// Names a key file to use instead of `<data dir>/secret-key` (it must exist).
+pub const SECRET_KEY_FILE_ENV: &str = "CLOSEDMESH_SECRET_KEY_FILE";
 
 /// The 32 secret bytes and the id they give.
 pub struct Identity {
@@ -36,18 +38,20 @@ impl Identity {
 
 /// Loads the key from `data_dir`, creating it on first run.
 pub fn load_or_create(data_dir: &Path) -> io::Result<Identity> {
+    // An operator may keep the key elsewhere (a secrets mount): then it must exist.
+    if let Some(path) = std::env::var_os(SECRET_KEY_FILE_ENV) {
+        let path = std::path::PathBuf::from(path);
+        let text = fs::read_to_string(&path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{SECRET_KEY_FILE_ENV}={}: {e}", path.display()),
+            )
+        })?;
+        return parse_secret(&text, &path);
+    }
     let path = data_dir.join(SECRET_KEY_FILE);
     match fs::read_to_string(&path) {
-        Ok(text) => {
-            let mut secret = [0u8; 32];
-            hex::decode_to_slice(text.trim(), &mut secret).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{} is not a 64-hex-digit key: {e}", path.display()),
-                )
-            })?;
-            Ok(Identity::from_secret(secret))
-        }
+        Ok(text) => parse_secret(&text, &path),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let mut secret = [0u8; 32];
             getrandom::fill(&mut secret).map_err(|e| io::Error::other(e.to_string()))?;
@@ -57,6 +61,17 @@ pub fn load_or_create(data_dir: &Path) -> io::Result<Identity> {
         }
         Err(e) => Err(e),
     }
+}
+
+fn parse_secret(text: &str, path: &Path) -> io::Result<Identity> {
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut secret).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a 64-hex-digit key: {e}", path.display()),
+        )
+    })?;
+    Ok(Identity::from_secret(secret))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {

@@ -1,5 +1,8 @@
 //! `mesh-node invite [--ttl 24h] [--out FILE] [--data-dir DIR]`: mints an invite to the mesh of
-//! the node whose data dir it reads.
+//! the node whose data dir it reads. `mesh-node invite --revoke INVITE|@FILE` revokes one this
+//! node minted: it appends the invite's id to `<data dir>/revoked-invites.txt`, which the
+//! running node reads within a second or two and gossips as a signed revocation (and again
+//! each time it starts, until the invite would have expired anyway).
 //!
 //! It works from the data dir alone, without the node's API: the node key (`secret-key`) signs,
 //! and `mesh.json` gives the mesh id and the dialing information the running node last published
@@ -10,7 +13,7 @@
 use crate::clock::Clock;
 use crate::config::{InviteArgs, default_data_dir};
 use crate::identity::{self, SECRET_KEY_FILE};
-use crate::mesh::{MeshFile, write_private_atomic};
+use crate::mesh::{MeshFile, REVOKED_INVITES_FILE, read_invite, write_private_atomic};
 use anyhow::{Context, bail};
 use mesh_core::gossip::SecretKey;
 use mesh_core::invite;
@@ -61,6 +64,9 @@ pub fn run(args: InviteArgs) -> anyhow::Result<()> {
             data_dir.display()
         );
     };
+    if let Some(arg) = &args.revoke {
+        return revoke(arg, &data_dir, &file.mesh_id, identity.peer_id);
+    }
     if file.dial_info.is_empty() {
         bail!("the node has not published its dialing information yet: wait for it to start");
     }
@@ -94,9 +100,80 @@ pub fn run(args: InviteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Records the revocation of `arg` (an invite this node minted) for the running node.
+fn revoke(
+    arg: &str,
+    data_dir: &std::path::Path,
+    mesh_id: &str,
+    me: mesh_core::PeerId,
+) -> anyhow::Result<()> {
+    let inv = read_invite(arg).context("--revoke")?;
+    let body = inv.value();
+    if body.mesh_id != mesh_id {
+        bail!(
+            "that invite is for mesh {}, this node is in {mesh_id}",
+            body.mesh_id
+        );
+    }
+    if body.inviter != me {
+        bail!(
+            "that invite was minted by node {}: only it can revoke it (run this with its data dir)",
+            body.inviter
+        );
+    }
+    let now = Clock::system().now();
+    if body.expires_at <= now {
+        eprintln!("invite {} has expired already: nothing to revoke", body.id);
+        return Ok(());
+    }
+    let line = revocation_line(body.id, body.expires_at);
+    let path = data_dir.join(REVOKED_INVITES_FILE);
+    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    if !text.lines().any(|l| l.trim() == line) {
+        text.push_str(&line);
+        text.push('\n');
+        write_private_atomic(&path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    eprintln!(
+        "invite {} revoked: the running node gossips the revocation within seconds",
+        body.id
+    );
+    Ok(())
+}
+
+/// One line of `revoked-invites.txt`: the invite id (hex) and its expiry (unix ms).
+pub fn revocation_line(id: invite::InviteId, expires_at: mesh_core::Timestamp) -> String {
+    format!("{id} {}", expires_at.as_millis())
+}
+
+/// Parses `revoked-invites.txt`, skipping lines that are not `<32 hex> <ms>`.
+pub fn parse_revocations(text: &str) -> Vec<(invite::InviteId, mesh_core::Timestamp)> {
+    text.lines()
+        .filter_map(|line| {
+            let (id, ms) = line.trim().split_once(' ')?;
+            let mut bytes = [0u8; 16];
+            hex::decode_to_slice(id, &mut bytes).ok()?;
+            let ms: u64 = ms.trim().parse().ok()?;
+            Some((
+                invite::InviteId(bytes),
+                mesh_core::Timestamp::from_millis(ms),
+            ))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revocation_lines_round_trip_and_garbage_is_skipped() {
+        let id = invite::InviteId([7; 16]);
+        let at = mesh_core::Timestamp::from_millis(1_800_000_000_000);
+        let text = format!("{}\nnot a line\nzz 12\n", revocation_line(id, at));
+        assert_eq!(parse_revocations(&text), vec![(id, at)]);
+    }
 
     #[test]
     fn ttls_take_a_unit_and_reject_nonsense() {

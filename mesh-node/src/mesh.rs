@@ -279,6 +279,7 @@ impl Mesh {
             options.announce_interval,
             hold,
         ));
+        tasks.spawn(revocation_loop(gossip.clone(), options.data_dir.clone()));
         tasks.spawn(persist_loop(
             gossip.clone(),
             persist.clone(),
@@ -571,6 +572,31 @@ async fn persist_loop(gossip: Arc<Gossip>, persist: Arc<Persist>, every: Duratio
     loop {
         tick.tick().await;
         persist.save_now(&gossip);
+    }
+}
+
+/// Where `mesh-node invite --revoke` records the invites this node withdrew.
+pub const REVOKED_INVITES_FILE: &str = "revoked-invites.txt";
+
+/// Gossips each revocation `mesh-node invite --revoke` records in the data dir: at start, then
+/// as lines appear (checked every second).
+async fn revocation_loop(gossip: Arc<Gossip>, data_dir: PathBuf) {
+    let path = data_dir.join(REVOKED_INVITES_FILE);
+    let mut sent = std::collections::BTreeSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok(text) = tokio::fs::read_to_string(&path).await else {
+            continue;
+        };
+        let now = gossip.clock().now();
+        for (id, expires_at) in crate::invite_cmd::parse_revocations(&text) {
+            if expires_at > now && sent.insert(id) {
+                tracing::info!(invite = %id, "revoking an invite this node minted");
+                gossip.input(Input::RevokeInvite { id, expires_at }).await;
+            }
+        }
     }
 }
 

@@ -404,3 +404,93 @@ async fn a_restarted_member_rejoins_from_its_data_dir_after_its_invite_expired()
     j.stop().await;
     a.stop().await;
 }
+
+/// `mesh-node invite` against a data dir; returns (success, stdout, stderr).
+fn invite_cmd(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh-node"))
+        .arg("invite")
+        .args(args)
+        .env_remove("CLOSEDMESH_DATA_DIR")
+        .output()
+        .expect("run mesh-node invite");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_revoked_invite_is_refused_and_only_its_minter_may_revoke_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, good) = founder(dir.path()).await;
+    let a_dir = dir.path().join("a");
+    let a_dir_arg = a_dir.to_str().unwrap();
+
+    // A member admitted with the founder's startup invite.
+    let mut b = entry(&dir.path().join("b"), Some(&good));
+    wait_log_line(&a, &["admitted peer"], Duration::from_secs(30)).await;
+
+    // The founder mints a second invite, then withdraws it.
+    let spare = dir.path().join("spare.txt");
+    let (ok, _, err) = invite_cmd(&[
+        "--data-dir",
+        a_dir_arg,
+        "--ttl",
+        "1h",
+        "--out",
+        spare.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let spare_arg = format!("@{}", spare.display());
+    // Another node cannot revoke it: only its minter signs revocations.
+    let (ok, _, err) = invite_cmd(&[
+        "--data-dir",
+        dir.path().join("b").to_str().unwrap(),
+        "--revoke",
+        &spare_arg,
+    ]);
+    assert!(!ok, "b revoked a's invite: {err}");
+    assert!(err.contains("only it can revoke it"), "{err}");
+    let (ok, _, err) = invite_cmd(&["--data-dir", a_dir_arg, "--revoke", &spare_arg]);
+    assert!(ok, "{err}");
+    assert!(err.contains("revoked"), "{err}");
+    wait_log_line(
+        &a,
+        &["revoking an invite this node minted"],
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // A newcomer holding the revoked invite is refused, and told why.
+    let mut c = entry(&dir.path().join("c"), Some(&spare_arg));
+    let line = wait_log_line(
+        &a,
+        &[
+            "WARN",
+            "refused admission to peer",
+            "was revoked by its inviter",
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(line.contains(&short_id(&dir.path().join("c"))), "{line}");
+    wait_log_line(
+        &c,
+        &[
+            "this node was refused by peer",
+            "was revoked by its inviter",
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    // The member admitted before still belongs.
+    let status = a.status().await.unwrap();
+    assert!(
+        peer_ids(&status).contains(&short_id(&dir.path().join("b"))),
+        "{status:#}"
+    );
+    c.stop().await;
+    b.stop().await;
+    a.stop().await;
+}
