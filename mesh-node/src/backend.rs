@@ -6,7 +6,17 @@
 use crate::dial::Upstream;
 use mesh_core::peer::ModelName;
 use std::collections::BTreeMap;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tokio::sync::mpsc;
+
+/// A launch outcome, as the election's backoff counts them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaunchEvent {
+    /// The model's llama-server came up healthy.
+    Ready(ModelName),
+    /// It exited or failed to come up; the supervisor restarts it after a backoff.
+    Failed(ModelName),
+}
 
 #[derive(Debug, Clone)]
 pub enum BackendState {
@@ -43,6 +53,7 @@ pub struct BackendView {
 #[derive(Debug, Default)]
 pub struct Backends {
     models: RwLock<BTreeMap<ModelName, BackendView>>,
+    events: Mutex<Option<mpsc::UnboundedSender<LaunchEvent>>>,
 }
 
 impl Backends {
@@ -63,9 +74,26 @@ impl Backends {
     }
 
     pub fn set(&self, model: &str, state: BackendState) {
+        let event = match &state {
+            BackendState::Ready(_) => Some(LaunchEvent::Ready(model.to_string())),
+            BackendState::Restarting { .. } => Some(LaunchEvent::Failed(model.to_string())),
+            BackendState::Loading | BackendState::Stopped => None,
+        };
         if let Some(view) = self.write().get_mut(model) {
             view.state = state;
         }
+        if let Some(event) = event
+            && let Some(tx) = &*self.events.lock().unwrap_or_else(|p| p.into_inner())
+        {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// Launch outcomes from now on (one subscriber: a later call replaces the earlier one).
+    pub fn launch_events(&self) -> mpsc::UnboundedReceiver<LaunchEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.events.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
     }
 
     pub fn get(&self, model: &str) -> Option<BackendView> {
@@ -84,5 +112,22 @@ impl Backends {
 
     fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<ModelName, BackendView>> {
         self.models.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_and_restarting_are_launch_events_loading_and_stopped_are_not() {
+        let backends = Backends::new();
+        backends.add("m", 1);
+        let mut events = backends.launch_events();
+        backends.set("m", BackendState::Loading);
+        backends.set("m", BackendState::Restarting { failures: 1 });
+        backends.set("m", BackendState::Stopped);
+        assert_eq!(events.try_recv(), Ok(LaunchEvent::Failed("m".into())));
+        assert!(events.try_recv().is_err(), "nothing else happened");
     }
 }

@@ -22,6 +22,7 @@
 //!   dialing information, and every member with its last dialing information, so a restarted node
 //!   reaches its old peers and admits them without new invites.
 
+use crate::backend::LaunchEvent;
 use crate::clock::Clock;
 use crate::gossip_driver::{Driver, DriverConfig, Gossip};
 use crate::transport::{Inbound, StreamKind, Transport, TransportEvent};
@@ -181,6 +182,8 @@ pub struct Mesh {
     driver: Mutex<Option<Driver>>,
     tasks: Mutex<JoinSet<()>>,
     persist: Arc<Persist>,
+    /// Launch outcomes for the election's backoff (see [`Mesh::launch_event`]).
+    launches: mpsc::UnboundedSender<LaunchEvent>,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -271,13 +274,17 @@ impl Mesh {
         let (rpc_tx, rpc) = mpsc::channel(TUNNEL_QUEUE);
         let mut tasks = JoinSet::new();
         tasks.spawn(dispatch(gossip.clone(), http_tx, rpc_tx));
+        let (launch_tx, launch_rx) = mpsc::unbounded_channel();
         tasks.spawn(announce(
             gossip.clone(),
             content,
-            election,
+            Elector {
+                election,
+                launches: launch_rx,
+                hold,
+            },
             election_tx,
             options.announce_interval,
-            hold,
         ));
         tasks.spawn(revocation_loop(gossip.clone(), options.data_dir.clone()));
         tasks.spawn(persist_loop(
@@ -294,12 +301,20 @@ impl Mesh {
             driver: Mutex::new(Some(driver)),
             tasks: Mutex::new(tasks),
             persist,
+            launches: launch_tx,
         });
         Ok((mesh, MeshStreams { http, rpc }))
     }
 
     pub fn me(&self) -> PeerId {
         self.key.peer_id()
+    }
+
+    /// Tells the election how a launch went: failures bench this node as a host of the model
+    /// for a while (SPEC §3: 2 in 90 s → 60 s out, 3 in 600 s → 300 s out), a healthy start
+    /// clears them. Takes effect at the next election round.
+    pub fn launch_event(&self, event: LaunchEvent) {
+        let _ = self.launches.send(event);
     }
 
     pub fn mesh_id(&self) -> &str {
@@ -472,14 +487,36 @@ fn held_election(alone: &NodeElection) -> NodeElection {
     }
 }
 
+/// The election machine with what feeds it besides the view.
+struct Elector {
+    election: Election,
+    launches: mpsc::UnboundedReceiver<LaunchEvent>,
+    /// While joining: until when the election is held, and the held outcome.
+    hold: Option<(Timestamp, NodeElection)>,
+}
+
+impl Elector {
+    fn take_launch_events(&mut self, now: Timestamp) {
+        while let Ok(event) = self.launches.try_recv() {
+            match event {
+                LaunchEvent::Failed(model) => {
+                    if let Some(until) = self.election.record_launch_failure(&model, now) {
+                        tracing::warn!(%model, out_for_ms = until.saturating_since(now).as_millis() as u64, "repeated launch failures: this node stands down as a host of the model for a while");
+                    }
+                }
+                LaunchEvent::Ready(model) => self.election.record_launch_success(&model),
+            }
+        }
+    }
+}
+
 /// Refreshes the announcement and the election.
 async fn announce(
     gossip: Arc<Gossip>,
     content: ContentSource,
-    mut election: Election,
+    mut elector: Elector,
     election_tx: watch::Sender<NodeElection>,
     every: Duration,
-    mut hold: Option<(Timestamp, NodeElection)>,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -487,7 +524,7 @@ async fn announce(
         tick.tick().await;
         let now = gossip.clock().now();
         let view = gossip.view();
-        if let Some((until, _)) = &hold {
+        if let Some((until, _)) = &elector.hold {
             // Heard from the mesh, with an RTT to each member that could serve: an election
             // that scored others as unmeasured would elect this node over better hosts.
             let others = || view.peers.iter().filter(|p| p.id() != view.me);
@@ -495,14 +532,15 @@ async fn announce(
                 && others().all(|p| p.rtt_ms.is_some() || p.announcement.role == Role::Client);
             if heard || now >= *until {
                 tracing::info!(heard_from_mesh = heard, "joined: acting on the election");
-                hold = None;
+                elector.hold = None;
             }
         }
+        elector.take_launch_events(now);
         // What the mesh's entries routed lately: hot models get a second solo host.
         let demand = election::demand_from_view(&view);
-        let outcome = match &hold {
+        let outcome = match &elector.hold {
             Some((_, held)) => held.clone(),
-            None => election.decide(&view, &demand, now),
+            None => elector.election.decide(&view, &demand, now),
         };
         let mut local = content();
         local.dial_info = gossip.transport().dial_info();
@@ -625,6 +663,41 @@ pub enum InviteArgError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_launch_failures_bench_this_node_and_a_healthy_start_clears_them() {
+        let (tx, launches) = mpsc::unbounded_channel();
+        let mut elector = Elector {
+            election: Election::new(),
+            launches,
+            hold: None,
+        };
+        let t0 = Timestamp::from_secs(1_000);
+        tx.send(LaunchEvent::Failed("m".into())).unwrap();
+        elector.take_launch_events(t0);
+        tx.send(LaunchEvent::Failed("m".into())).unwrap();
+        elector.take_launch_events(t0 + Duration::from_secs(30));
+        // Two failures within 90 s: out for 60 s, so a third is not counted meanwhile.
+        assert_eq!(
+            elector
+                .election
+                .record_launch_failure("m", t0 + Duration::from_secs(40)),
+            None
+        );
+        tx.send(LaunchEvent::Ready("m".into())).unwrap();
+        elector.take_launch_events(t0 + Duration::from_secs(50));
+        // Cleared: counting starts afresh (had the backoff stayed, both would read None).
+        let e = &mut elector.election;
+        assert_eq!(
+            e.record_launch_failure("m", t0 + Duration::from_secs(51)),
+            None
+        );
+        assert!(
+            e.record_launch_failure("m", t0 + Duration::from_secs(52))
+                .is_some(),
+            "two fresh failures after a healthy start bench it again"
+        );
+    }
 
     fn invite_to(mesh: &str) -> Invite {
         let key = SecretKey::from_bytes([3; 32]);

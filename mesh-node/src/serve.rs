@@ -138,6 +138,18 @@ pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> anyh
         Err(e) => tracing::warn!(error = %e, "could not write an invite to the data dir"),
     }
 
+    // Launch outcomes feed the election's backoff: a model that keeps failing here goes to
+    // another host for a while.
+    let mut launches = backends.launch_events();
+    tokio::spawn({
+        let mesh = mesh.clone();
+        async move {
+            while let Some(event) = launches.recv().await {
+                mesh.launch_event(event);
+            }
+        }
+    });
+
     let api = Arc::new(NodeApi {
         info,
         backends: backends.clone(),
