@@ -67,7 +67,8 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     /// `mesh-node serve` with the real llama-server on `model`, relays off, and `extra`
-    /// arguments (2 llama-server threads unless they set `--llama-threads`).
+    /// arguments (1 llama-server thread unless they set `--llama-threads`: tests run side by
+    /// side on small CI machines, where llama.cpp's spinning threads collapse when oversubscribed).
     pub fn serve(parts: &RealParts, model: &Path, data_dir: &Path, extra: &[&str]) -> Self {
         let api = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_mesh-node"))
@@ -83,7 +84,7 @@ impl NodeProcess {
             .args(if extra.contains(&"--llama-threads") {
                 &[][..]
             } else {
-                &["--llama-threads", "2"][..]
+                &["--llama-threads", "1"][..]
             })
             .args(extra)
             .env("CLOSEDMESH_LOG", "info")
