@@ -1,15 +1,18 @@
 //! Launching what the election says: a serving node starts `llama-server` for every configured
 //! model its election outcome gives a [`Duty::Solo`], now or later (a standby taking over from a
-//! host that went away). Nothing is stopped here: a running host stays in the plan.
+//! host that went away). A healthy server is never stopped here (a running host stays in the
+//! plan); one still loading or restarting whose duty moved elsewhere (another host claimed
+//! the model first, or launch failures benched this node) is stopped, and starts again if the
+//! duty comes back.
 //!
 //! Split duties (`Duty::SplitHost`, `Duty::SplitWorker`, `run_rpc_server`) are the split
 //! launcher's (issue 6); it watches the same [`Mesh::election`](crate::mesh::Mesh::election).
 
-use crate::backend::{BackendState, Backends};
+use crate::backend::{BackendState, BackendView, Backends};
 use crate::supervise::{LlamaSpec, LocalModel, supervise_llama};
 use mesh_core::election::{Duty, NodeElection};
 use mesh_core::peer::ModelName;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -33,6 +36,21 @@ pub fn solo_launches(
         .collect()
 }
 
+/// Which started models to stop: no solo duty any more, and not serving (a healthy server keeps
+/// its place in the plan, so it is never stopped for a plan change).
+pub fn solo_stops(
+    election: &NodeElection,
+    started: &BTreeSet<ModelName>,
+    backend: impl Fn(&str) -> Option<BackendView>,
+) -> Vec<ModelName> {
+    started
+        .iter()
+        .filter(|m| !matches!(election.duties.get(*m), Some(Duty::Solo { .. })))
+        .filter(|m| !backend(m).is_some_and(|b| matches!(b.state, BackendState::Ready(_))))
+        .cloned()
+        .collect()
+}
+
 /// Runs supervisors for the solo duties until `stop`, then waits for every child to stop.
 /// Configured models without a solo duty read as stopped (not routable here) until they get one.
 pub async fn run_solo_duties(
@@ -43,20 +61,32 @@ pub async fn run_solo_duties(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut started: BTreeSet<ModelName> = BTreeSet::new();
+    // Each supervisor's own stop: the node's, or its duty moving away.
+    let mut stops: BTreeMap<ModelName, watch::Sender<bool>> = BTreeMap::new();
     let mut supervisors = JoinSet::new();
     let mut first = true;
     loop {
-        let launches = solo_launches(&election.borrow_and_update(), &configured, &started);
+        let current = election.borrow_and_update().clone();
+        for model in solo_stops(&current, &started, |m| backends.get(m)) {
+            tracing::info!(%model, "election: the solo duty moved elsewhere before this server came up; stopping it");
+            if let Some(tx) = stops.remove(&model) {
+                let _ = tx.send(true);
+            }
+            started.remove(&model);
+        }
+        let launches = solo_launches(&current, &configured, &started);
         for (model, spill) in launches {
             if spill {
                 tracing::warn!(model = %model.name, "model is larger than 1.1 × fast memory: serving it with weights paged from RAM (mmap spill), expect it to be slow");
             }
             tracing::info!(model = %model.name, spill, "election: serving solo; launching llama-server");
             started.insert(model.name.clone());
+            let (own_tx, own_rx) = watch::channel(false);
+            stops.insert(model.name.clone(), own_tx);
             supervisors.spawn(supervise_llama(
                 spec_for(model, spill),
                 backends.clone(),
-                stop.clone(),
+                own_rx,
             ));
         }
         if first {
@@ -72,6 +102,9 @@ pub async fn run_solo_duties(
         }
     }
     let _ = stop.wait_for(|s| *s).await;
+    for tx in stops.values() {
+        let _ = tx.send(true);
+    }
     while supervisors.join_next().await.is_some() {}
 }
 
@@ -120,5 +153,38 @@ mod tests {
         let started = BTreeSet::from(["a".to_string()]);
         let launches = solo_launches(&e, &configured, &started);
         assert_eq!(launches, vec![(model("b"), true)]);
+    }
+
+    #[test]
+    fn a_launch_whose_duty_moved_away_stops_unless_it_already_serves() {
+        let e = election(&[
+            ("kept", Duty::Solo { spill: false }),
+            ("moved-loading", Duty::Standby { hosts: vec![] }),
+        ]);
+        let started = BTreeSet::from([
+            "kept".to_string(),
+            "moved-loading".to_string(),
+            "moved-serving".to_string(),
+            "moved-restarting".to_string(),
+        ]);
+        let state = |m: &str| {
+            let state = match m {
+                "moved-serving" => BackendState::Ready(crate::dial::Upstream::tcp(
+                    "127.0.0.1:1".parse().unwrap(),
+                    None,
+                )),
+                "moved-restarting" => BackendState::Restarting { failures: 2 },
+                _ => BackendState::Loading,
+            };
+            Some(BackendView {
+                model: m.to_string(),
+                size_bytes: 1,
+                state,
+            })
+        };
+        assert_eq!(
+            solo_stops(&e, &started, state),
+            vec!["moved-loading".to_string(), "moved-restarting".to_string()]
+        );
     }
 }

@@ -524,12 +524,20 @@ async fn announce(
         tick.tick().await;
         let now = gossip.clock().now();
         let view = gossip.view();
+        let mut local = content();
         if let Some((until, _)) = &elector.hold {
             // Heard from the mesh, with an RTT to each member that could serve: an election
-            // that scored others as unmeasured would elect this node over better hosts.
+            // that scored others as unmeasured would elect this node over better hosts. And
+            // this node's own rpc-server (if it runs one) is up and announced: a split host only
+            // picks ready workers, so deciding before would make this node the host.
             let others = || view.peers.iter().filter(|p| p.id() != view.me);
+            let own_rpc_announced = view
+                .get(&view.me)
+                .is_some_and(|me| me.announcement.rpc_ready != Some(false));
             let heard = others().next().is_some()
-                && others().all(|p| p.rtt_ms.is_some() || p.announcement.role == Role::Client);
+                && others().all(|p| p.rtt_ms.is_some() || p.announcement.role == Role::Client)
+                && local.rpc_ready != Some(false)
+                && own_rpc_announced;
             if heard || now >= *until {
                 tracing::info!(heard_from_mesh = heard, "joined: acting on the election");
                 elector.hold = None;
@@ -542,7 +550,6 @@ async fn announce(
             Some((_, held)) => held.clone(),
             None => elector.election.decide(&view, &demand, now),
         };
-        let mut local = content();
         local.dial_info = gossip.transport().dial_info();
         local.serving_models = serving(&local, &outcome);
         gossip.input(Input::UpdateLocal(Box::new(local))).await;
