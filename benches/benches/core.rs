@@ -112,11 +112,9 @@ fn gossip_frames(c: &mut Criterion) {
     // As received: rebuilt from its bytes, so the check really runs (a record keeps its result).
     g.bench_function("verify_received_announcement", |b| {
         b.iter(|| {
-            let received = Signed::<PeerAnnouncement>::from_parts(
-                one.body().to_vec(),
-                one.signature().clone(),
-            )
-            .expect("own bytes decode");
+            let received =
+                Signed::<PeerAnnouncement>::from_parts(one.body().to_vec(), *one.signature())
+                    .expect("own bytes decode");
             black_box(received.verify())
         })
     });
