@@ -1,29 +1,57 @@
 //! The ClosedMesh simulator: scenario files in, reports out.
 //!
+//! Engine-independent (what every engine reads or fills):
 //! - [`scenario`]: the SPEC §10 file format, parsed strictly and validated.
 //! - [`profile`]: GPU profiles — placement and the TTFT / decode physics.
 //! - [`calibration`]: the published situations of SPEC §11 against the profiles.
-//! - [`des`]: the discrete-event engine (`--engine des`).
-//! - [`report`]: the engine-independent report, as text or JSON.
+//! - [`decode`]: simulated model answers (token ids, top-k) for honest and dishonest backends.
+//! - [`check`]: the invariant checkers (safety during the run, liveness after it).
+//! - [`report`]: the report, as text or JSON; [`timeline`]: what the plots draw.
+//! - [`out`]: `--out DIR` (every node's final `/api/status`, SVG plots).
 //! - [`rng`]: seeded streams derived from one master seed.
+//!
+//! Engines: [`des`] (`--engine des`), the discrete-event world; the turmoil engine of issue 5
+//! plugs in beside it by producing an [`Outcome`] from a [`Scenario`].
+//!
+//! Tools: [`sweep`] (many seeds), [`bench`] (scale figures).
 
+pub mod bench;
 pub mod calibration;
+pub mod check;
+pub mod decode;
 pub mod des;
+pub mod out;
+pub mod plot;
 pub mod profile;
 pub mod report;
 pub mod rng;
 pub mod scenario;
+pub mod sweep;
+pub mod timeline;
+pub mod turmoil;
 
+use mesh_core::status::StatusPayload;
 use report::Report;
 use scenario::Scenario;
+use std::collections::BTreeMap;
+use timeline::Timeline;
 
 /// Which engine runs a scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
-    /// The discrete-event world: no tokio, mesh-core decisions called directly.
+    /// The discrete-event world: no tokio, mesh-core machines driven directly.
     Des,
     /// The real `mesh-node` stack on turmoil hosts (issue 5).
     Turmoil,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Des => "des",
+            Engine::Turmoil => "turmoil",
+        }
+    }
 }
 
 /// How to run a scenario.
@@ -34,17 +62,70 @@ pub struct RunOptions {
     pub engine: Engine,
 }
 
+/// Everything one run produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub report: Report,
+    /// Final `/api/status` payloads by peer name: every live entry's, and every live node's when
+    /// asked for ([`Extras::all_statuses`]).
+    pub statuses: BTreeMap<String, StatusPayload>,
+    pub timeline: Timeline,
+    /// Every option the seed decided (keys, who invited whom, link delays…), for a failing run's
+    /// printout.
+    pub derived: Vec<(String, String)>,
+    /// What the engine did (for benches, not reports: it changes with every optimisation).
+    pub stats: EngineStats,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EngineStats {
+    pub events: u64,
+    pub elections: u64,
+    pub gossip_inputs: u64,
+}
+
+/// Optional work beyond the report.
+#[derive(Default)]
+pub struct Extras<'a> {
+    /// Build every live node's final `/api/status`, not only the entries'.
+    pub all_statuses: bool,
+    /// Hears (virtual seconds done, virtual seconds in all) now and then.
+    pub progress: Option<&'a mut dyn FnMut(f64, f64)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RunError {
-    #[error("the turmoil engine arrives with issue 5; run with `--engine des`")]
-    TurmoilNotYet,
+    /// The turmoil engine could not run the scenario (too large, or the simulation failed).
+    #[error("turmoil engine: {0}")]
+    Turmoil(String),
 }
 
 /// Runs `scenario` to completion in virtual time.
 pub fn run(scenario: &Scenario, options: RunOptions) -> Result<Report, RunError> {
+    run_outcome(scenario, options, Extras::default()).map(|o| o.report)
+}
+
+/// Runs `scenario` to completion and returns the report, the final statuses and the timeline.
+pub fn run_outcome(
+    scenario: &Scenario,
+    options: RunOptions,
+    extras: Extras,
+) -> Result<Outcome, RunError> {
     let seed = options.seed.unwrap_or(scenario.seed);
     match options.engine {
-        Engine::Des => Ok(des::run(scenario, seed)),
-        Engine::Turmoil => Err(RunError::TurmoilNotYet),
+        Engine::Des => Ok(des::run_outcome(
+            scenario,
+            seed,
+            extras.all_statuses,
+            extras.progress,
+        )),
+        Engine::Turmoil => turmoil::run_outcome(
+            scenario,
+            seed,
+            extras.all_statuses,
+            extras.progress,
+            &turmoil::TurmoilOptions::default(),
+        )
+        .map_err(|e| RunError::Turmoil(e.to_string())),
     }
 }

@@ -2,12 +2,15 @@
 //! JSON with a stable key order (struct field order, ordered maps, rounded figures), so the same
 //! scenario and seed give byte-identical output.
 
+use crate::check::ChecksReport;
 use crate::profile::PlacementKind;
 use crate::scenario::{Behaviour, PeerRole};
 use mesh_core::Backend;
 use mesh_core::samples::Summary;
 use mesh_core::sla::Tier;
-use mesh_core::status::{MeshEfficiency, NodeState, ServingMode, SplitGroup, SplitRole};
+use mesh_core::status::{
+    MeshEfficiency, NodeState, ServingMode, SplitGroup, SplitRole, VerifyVerdict,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -24,6 +27,88 @@ pub struct Report {
     pub requests: RequestCounts,
     /// Of the chats the entries served, the share the mesh served (rolling 24 h at the end).
     pub mesh_share_pct: Option<f64>,
+    pub gossip: GossipReport,
+    /// Every (peer, model) an entry audited, peer-file order.
+    pub verification: Vec<VerificationReport>,
+    /// The invariant checkers (filled after the liveness phase).
+    pub checks: ChecksReport,
+}
+
+/// Gossip figures (SPEC §2 goals: 99 % of peers hold a changed announcement within 1 s, ≤ 2 KB/s
+/// per peer in steady state, a crashed host out of every router's targets within 5 s).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GossipReport {
+    /// Nodes running gossip at the end (entries included).
+    pub peers: u32,
+    pub messages: u64,
+    /// Frame bytes sent, as `wire::encode` would write them.
+    pub bytes: u64,
+    /// Bytes sent per gossiping peer per second, over the whole run…
+    pub bytes_per_peer_per_s: f64,
+    /// …and over its second half (steady state: joins and first elections are over).
+    pub steady_bytes_per_peer_per_s: f64,
+    /// Changes beyond load (a host coming up, a model advertised, a baseline published…).
+    pub convergence: Convergence,
+    /// Load-only changes (`inflight_requests`, `model_timings`), which gossip pushes to
+    /// `heartbeat_fanout` peers by design and anti-entropy completes.
+    pub load_convergence: Convergence,
+    /// Crashes of peers some entry was routing to, and how long until no entry did.
+    pub crashed_hosts: Vec<CrashRemoval>,
+    /// Records dropped for a bad signature (none unless a peer forges).
+    pub bad_signatures: u64,
+    /// Where the bytes go: per message kind (`digest`, `rumor_heartbeat`, …).
+    pub by_kind: BTreeMap<String, KindFigures>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct KindFigures {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+/// How fast changed announcements (content, not heartbeats) reached 99 % of the live peers:
+/// those published in a settled mesh (a minute after the last join or fault, no partition).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Convergence {
+    pub changes: u64,
+    pub converged: u64,
+    /// Of the changes, the share that converged within 1 s.
+    pub within_1s_pct: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    /// Changes published during churn, not measured.
+    pub during_churn: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CrashRemoval {
+    pub peer: String,
+    pub at_s: f64,
+    /// `null`: some entry still routed to it at the end.
+    pub out_of_targets_after_ms: Option<f64>,
+}
+
+/// The entries' verification of one (peer, model) (SPEC §7).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VerificationReport {
+    pub peer: String,
+    pub model: String,
+    pub behaviour: Behaviour,
+    /// The latest decided verdict (`null`: no test decided yet).
+    pub verdict: Option<VerifyVerdict>,
+    /// What `verify_by_model` shows: agreement and tokens of the test behind the verdict.
+    pub agreement: f64,
+    pub compared_tokens: u32,
+    /// Decided tests by verdict.
+    pub matches: u32,
+    pub mismatches: u32,
+    pub inconclusive: u32,
+    /// Audits answered and compared.
+    pub audits: u32,
+    pub first_mismatch_at_s: Option<f64>,
+    /// Taken out of rotation (enforce mode) at some point.
+    pub demoted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -318,6 +403,10 @@ impl Report {
             }
         }
 
+        self.gossip_text(&mut out);
+        self.verification_text(&mut out);
+        self.checks_text(&mut out);
+
         let mut rows = vec![row(&[
             "PEER",
             "ID",
@@ -356,6 +445,133 @@ impl Report {
         table(&mut out, &rows);
         out
     }
+}
+
+impl Report {
+    fn gossip_text(&self, out: &mut String) {
+        let g = &self.gossip;
+        let c = &g.convergence;
+        let _ = writeln!(
+            out,
+            "\ngossip: {} peers, {} messages, {:.0} B/s per peer in steady state ({:.0} B/s over the run), {} bad signatures",
+            g.peers,
+            g.messages,
+            g.steady_bytes_per_peer_per_s,
+            g.bytes_per_peer_per_s,
+            g.bad_signatures
+        );
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} ms"));
+        let _ = writeln!(
+            out,
+            "  convergence: {} changes in a settled mesh, {} reached 99 % of peers ({} within 1 s); p50 {}, p99 {}, max {}; {} during churn not measured",
+            c.changes,
+            c.converged,
+            c.within_1s_pct.map_or("-".into(), |v| format!("{v:.1} %")),
+            ms(c.p50_ms),
+            ms(c.p99_ms),
+            ms(c.max_ms),
+            c.during_churn
+        );
+        let l = &g.load_convergence;
+        let _ = writeln!(
+            out,
+            "  load-only changes (pushed to fewer peers by design): {}, {} reached 99 % ({} within 1 s); p50 {}, p99 {}",
+            l.changes,
+            l.converged,
+            l.within_1s_pct.map_or("-".into(), |v| format!("{v:.1} %")),
+            ms(l.p50_ms),
+            ms(l.p99_ms),
+        );
+        for crash in &g.crashed_hosts {
+            let _ = writeln!(
+                out,
+                "  {} crashed at {:.1} s: out of every entry's targets {}",
+                crash.peer,
+                crash.at_s,
+                crash.out_of_targets_after_ms.map_or(
+                    "never (still routed at the end)".to_string(),
+                    |v| format!("after {:.0} ms", v)
+                )
+            );
+        }
+    }
+
+    fn verification_text(&self, out: &mut String) {
+        if self.verification.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "\nverification (entries' audits):");
+        let mut rows = vec![row(&[
+            "PEER",
+            "MODEL",
+            "BEHAVIOUR",
+            "VERDICT",
+            "AGREEMENT",
+            "AUDITS",
+            "MATCH",
+            "MISMATCH",
+            "INCONCLUSIVE",
+            "FIRST MISMATCH",
+            "DEMOTED",
+        ])];
+        for v in &self.verification {
+            rows.push(vec![
+                v.peer.clone(),
+                v.model.clone(),
+                v.behaviour.as_str().into(),
+                v.verdict.map_or("-".into(), verdict),
+                format!("{:.2}", v.agreement),
+                v.audits.to_string(),
+                v.matches.to_string(),
+                v.mismatches.to_string(),
+                v.inconclusive.to_string(),
+                v.first_mismatch_at_s
+                    .map_or("-".into(), |t| format!("{t:.0} s")),
+                if v.demoted { "yes" } else { "no" }.into(),
+            ]);
+        }
+        table(out, &rows);
+    }
+
+    fn checks_text(&self, out: &mut String) {
+        let c = &self.checks;
+        let liveness = match &c.liveness {
+            crate::check::Liveness::Skipped => "skipped".to_string(),
+            crate::check::Liveness::Converged { after_s } => {
+                format!("converged {after_s:.0} s after the faults stopped")
+            }
+            crate::check::Liveness::NotConverged { after_s, reason } => {
+                format!("NOT converged after {after_s:.0} s: {reason}")
+            }
+        };
+        if c.passed() {
+            let _ = writeln!(out, "\nchecks: every invariant held; liveness {liveness}");
+        } else {
+            let counts: Vec<String> = c
+                .violations
+                .iter()
+                .map(|(r, n)| format!("{r}={n}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "\nchecks: {} violation(s) ({}); liveness {liveness}",
+                c.total(),
+                counts.join(" ")
+            );
+            for v in &c.first {
+                let _ = writeln!(out, "  at {:.1} s {}: {}", v.at_s, v.rule, v.detail);
+            }
+        }
+    }
+}
+
+fn verdict(v: VerifyVerdict) -> String {
+    match v {
+        VerifyVerdict::Match => "match",
+        VerifyVerdict::Mismatch => "mismatch",
+        VerifyVerdict::Inconclusive => "inconclusive",
+    }
+    .into()
 }
 
 fn failures(failed: &BTreeMap<String, u64>) -> String {

@@ -15,6 +15,15 @@ impl SimRng {
         SimRng(Pcg64::seed_from_u64(stream_key(master, name, index)))
     }
 
+    pub fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+
+    /// A fresh `Pcg64` seeded from this stream, for a mesh-core machine that takes one.
+    pub fn pcg(&mut self) -> Pcg64 {
+        Pcg64::seed_from_u64(self.0.next_u64())
+    }
+
     /// Uniform in `[0, 1)` with 53 bits of precision.
     pub fn unit(&mut self) -> f64 {
         (self.0.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)

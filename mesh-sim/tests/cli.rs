@@ -98,10 +98,29 @@ fn a_bad_file_exits_non_zero_naming_the_file_and_the_key() {
 }
 
 #[test]
-fn the_turmoil_engine_says_when_it_arrives() {
-    let out = mesh_sim(&["run", &scenario(), "--engine", "turmoil"]);
+fn the_turmoil_engine_runs_a_replay_and_refuses_what_it_cannot_run() {
+    let out = mesh_sim(&["run", &scenario(), "--engine", "turmoil", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["engine"], "turmoil");
+    assert_eq!(json["models"][0]["plan"], "solo");
+    assert_eq!(json["models"][0]["hosts"][0], "rtx4080s");
+
+    let big = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scenarios/gossip-100-peers.toml")
+        .display()
+        .to_string();
+    let out = mesh_sim(&["run", &big, "--engine", "turmoil"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("issue 5"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("103 peers") && err.contains("--engine des"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -117,12 +136,117 @@ fn calibration_prints_the_checked_in_table() {
 fn every_text_table_row_has_as_many_cells_as_its_header() {
     let out = mesh_sim(&["run", &scenario()]);
     let text = String::from_utf8(out.stdout).unwrap();
-    let peers: Vec<&str> = text
-        .lines()
-        .skip_while(|l| !l.starts_with("PEER"))
-        .collect();
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines
+        .iter()
+        .rposition(|l| l.starts_with("PEER ") && l.contains(" ID "))
+        .unwrap();
+    let peers = &lines[header..];
     let cells = |l: &str| l.split("  ").filter(|c| !c.trim().is_empty()).count();
     assert_eq!(peers.len(), 3, "{text}");
     // Empty cells print `-`, so every row has the header's columns.
     assert!(peers.iter().all(|l| cells(l) == cells(peers[0])), "{text}");
+}
+
+#[test]
+fn out_writes_every_nodes_status_the_report_and_the_plots() {
+    let dir = std::env::temp_dir().join(format!("mesh-sim-out-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = mesh_sim(&["run", &scenario(), "--out", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in [
+        "report.json",
+        "report.txt",
+        "ttft.svg",
+        "tps.svg",
+        "gossip.svg",
+    ] {
+        assert!(dir.join(file).is_file(), "{file}");
+    }
+    for peer in ["entry", "rtx4080s"] {
+        let text =
+            std::fs::read_to_string(dir.join("status").join(format!("{peer}.json"))).unwrap();
+        let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(status["mesh_id"], "sim", "{peer}");
+    }
+    let ttft = std::fs::read_to_string(dir.join("ttft.svg")).unwrap();
+    assert!(ttft.starts_with("<svg") && ttft.contains("Qwen3-8B-Q4_K_M"));
+    assert!(ttft.matches("<circle").count() > 50, "one dot per chat");
+    let report = std::fs::read_to_string(dir.join("report.json")).unwrap();
+    assert_eq!(
+        report,
+        String::from_utf8(mesh_sim(&["run", &scenario(), "--json"]).stdout).unwrap()
+    );
+}
+
+#[test]
+fn a_run_that_breaks_an_invariant_exits_1_with_its_seed_and_derived_options() {
+    let text = std::fs::read_to_string(scenario())
+        .unwrap()
+        .replace("start_s = 60", "start_s = 60\ndeadline_s = 0.05");
+    let tight = temp_file("tight.toml", &text);
+    let out = mesh_sim(&["run", tight.to_str().unwrap(), "--seed", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!out.stdout.is_empty(), "the report is still printed");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("with seed 3"), "{err}");
+    assert!(err.contains("chat_past_deadline"), "{err}");
+    assert!(
+        err.contains("derived options:") && err.contains("peer rtx4080s: id "),
+        "{err}"
+    );
+}
+
+#[test]
+fn sweep_summarises_violations_over_seeds() {
+    let out = mesh_sim(&["sweep", &scenario(), "--seeds", "1..4"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("sweep qwen3-8b-4080s-solo  engine des  seeds 1..4  (3 runs)"),
+        "{text}"
+    );
+    assert!(text.contains("no invariant violated"), "{text}");
+
+    let text = std::fs::read_to_string(scenario())
+        .unwrap()
+        .replace("start_s = 60", "start_s = 60\ndeadline_s = 0.05");
+    let tight = temp_file("tight-sweep.toml", &text);
+    let out = mesh_sim(&[
+        "sweep",
+        tight.to_str().unwrap(),
+        "--seeds",
+        "1..=2",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["failing_seeds"], serde_json::json!([1, 2]));
+    assert!(json["totals"]["chat_past_deadline"].as_u64().unwrap() > 10);
+}
+
+#[test]
+fn bench_prints_its_generated_scenario() {
+    let out = mesh_sim(&[
+        "bench",
+        "--peers",
+        "20",
+        "--hours",
+        "0.1",
+        "--print-scenario",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let s = mesh_sim::scenario::Scenario::parse(&text, Path::new("bench.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.peers.len(), 21);
+    assert_eq!(s.network.loss, 0.01);
 }

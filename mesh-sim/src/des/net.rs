@@ -94,6 +94,11 @@ impl Network {
         self.group[a] == self.group[b]
     }
 
+    /// Whether some peer is cut off from the others.
+    pub(crate) fn partitioned(&self) -> bool {
+        self.group.iter().any(|&g| g != 0)
+    }
+
     /// Cuts `peers` off from everyone else (they still reach each other).
     pub(crate) fn partition(&mut self, peers: &[usize]) {
         self.groups_made += 1;

@@ -33,6 +33,12 @@ pub struct Scenario {
     pub traffic: Vec<TrafficSpec>,
     #[serde(default, rename = "event")]
     pub events: Vec<EventSpec>,
+    #[serde(default)]
+    pub gossip: GossipSpec,
+    #[serde(default)]
+    pub verify: VerifySpec,
+    #[serde(default)]
+    pub check: CheckSpec,
 }
 
 /// A `[[model]]`: a GGUF the mesh may serve.
@@ -90,6 +96,8 @@ pub struct PeerSpec {
     pub serve: Vec<String>,
     #[serde(default)]
     pub behaviour: Behaviour,
+    /// `entry`: routes chats, runs the SLA gate and the audit loop. An entry with `serve` also
+    /// contributes (and then audits its models against its own server: ground truth).
     #[serde(default)]
     pub role: PeerRole,
     /// When the peer joins (virtual seconds).
@@ -118,6 +126,11 @@ fn default_backend() -> Backend {
 impl PeerSpec {
     pub fn is_entry(&self) -> bool {
         self.role == PeerRole::Entry
+    }
+
+    /// Serves models (contributors, and entries with `serve`).
+    pub fn contributes(&self) -> bool {
+        !self.serve.is_empty()
     }
 }
 
@@ -230,6 +243,96 @@ pub struct TrafficSpec {
     /// Arrivals start at this virtual time.
     #[serde(default)]
     pub start_s: f64,
+    /// Every chat must end (tokens or a typed error) within this long of its arrival (a checker
+    /// rule); default: the router's first-byte timeout plus 10 s per requested token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_s: Option<f64>,
+}
+
+impl TrafficSpec {
+    /// The deadline of each chat of this source.
+    pub fn deadline(&self) -> f64 {
+        self.deadline_s.unwrap_or_else(|| {
+            mesh_core::routing::RouteConfig::default().first_byte_timeout_secs as f64
+                + 10.0 * f64::from(self.max_tokens)
+        })
+    }
+}
+
+/// `[gossip]`: overrides of mesh-core's gossip configuration (defaults: `gossip::Config`'s) and
+/// of how the simulated transport notices dead connections.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GossipSpec {
+    /// Anti-entropy period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tick_s: Option<f64>,
+    /// Peers a digest goes to each tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anti_entropy_peers: Option<usize>,
+    /// Peers news is pushed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rumor_fanout: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_fanout: Option<usize>,
+    /// How long until a connection to a dead or cut-off peer is noticed (QUIC keep-alive), and
+    /// until a probe of one gives up. Default 2 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_timeout_ms: Option<f64>,
+}
+
+/// `[verify]`: the entries' audit loop (SPEC §7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySpec {
+    /// `observe` (default: verdicts shown, routing untouched) or `enforce`.
+    #[serde(default = "default_verify_mode")]
+    pub mode: mesh_core::status::VerifyMode,
+    /// Mean seconds between audits (mesh-core's default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_s: Option<f64>,
+    /// Pin every model's honest fixed-probe fingerprint (one per backend) as the operator's
+    /// reference data, so entries that do not serve a model can still check identities.
+    #[serde(default)]
+    pub references: bool,
+}
+
+fn default_verify_mode() -> mesh_core::status::VerifyMode {
+    mesh_core::status::VerifyMode::Observe
+}
+
+impl Default for VerifySpec {
+    fn default() -> Self {
+        VerifySpec {
+            mode: default_verify_mode(),
+            interval_s: None,
+            references: false,
+        }
+    }
+}
+
+/// `[check]`: the invariant checkers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    /// After the run, faults stop and the mesh gets up to this long (virtual seconds) to
+    /// converge: every live peer agreeing on membership and plans. 0 skips the phase.
+    #[serde(default = "default_liveness_s")]
+    pub liveness_s: f64,
+}
+
+fn default_liveness_s() -> f64 {
+    600.0
+}
+
+impl Default for CheckSpec {
+    fn default() -> Self {
+        CheckSpec {
+            liveness_s: default_liveness_s(),
+        }
+    }
 }
 
 /// An `[[event]]`: a fault or a change at a virtual instant.

@@ -274,10 +274,14 @@ fn semantic_problems_name_the_entry_and_the_field() {
             ProblemKind::UnknownModel("Qwen3-9B".into()),
         ),
         (
-            edited("# role = \"entry\"", "role = \"entry\""),
+            edited("# role = \"entry\"", "role = \"entry\"").replacen(
+                "fast_memory_gb = 14.5\n",
+                "",
+                1,
+            ),
             mac,
-            "serve",
-            ProblemKind::EntryServes,
+            "fast_memory_gb",
+            ProblemKind::RequiredForContributor,
         ),
         (
             edited("# join_at_s = 0", "join_at_s = 901"),

@@ -15,6 +15,9 @@ pub enum Entry {
     Network,
     Traffic(usize),
     Event(usize),
+    Gossip,
+    Verify,
+    Check,
 }
 
 impl fmt::Display for Entry {
@@ -26,6 +29,9 @@ impl fmt::Display for Entry {
             Entry::Network => f.write_str("[network]"),
             Entry::Traffic(i) => write!(f, "[[traffic]] #{i}"),
             Entry::Event(i) => write!(f, "[[event]] #{i}"),
+            Entry::Gossip => f.write_str("[gossip]"),
+            Entry::Verify => f.write_str("[verify]"),
+            Entry::Check => f.write_str("[check]"),
         }
     }
 }
@@ -57,9 +63,7 @@ pub enum ProblemKind {
     Repeated(String),
     #[error("a contributing peer must serve at least one model")]
     NoServe,
-    #[error("an entry serves no model; drop `serve` or make the peer a contributor")]
-    EntryServes,
-    #[error("required (and greater than 0) for a contributing peer")]
+    #[error("required (and greater than 0) for a peer that serves models")]
     RequiredForContributor,
     #[error("only an entry (role = \"entry\") falls back to an external provider")]
     FallbackOnContributor,
@@ -200,29 +204,25 @@ pub(super) fn check(s: &Scenario) -> Vec<Problem> {
             ("system_ram_gb", p.system_ram_gb),
             ("mem_bandwidth_gbps", p.mem_bandwidth_gbps),
         ];
-        match p.role {
-            PeerRole::Contributor => {
-                for (field, v) in numbers {
-                    if v == 0.0 {
-                        c.push(&e, field, ProblemKind::RequiredForContributor);
-                    } else {
-                        c.positive(&e, field, v);
-                    }
-                }
-                if p.serve.is_empty() {
-                    c.push(&e, "serve", ProblemKind::NoServe);
-                }
-                if p.fallback {
-                    c.push(&e, "fallback", ProblemKind::FallbackOnContributor);
+        if p.contributes() || p.role == PeerRole::Contributor {
+            for (field, v) in numbers {
+                if v == 0.0 {
+                    c.push(&e, field, ProblemKind::RequiredForContributor);
+                } else {
+                    c.positive(&e, field, v);
                 }
             }
-            PeerRole::Entry => {
-                for (field, v) in numbers {
-                    c.non_negative(&e, field, v);
-                }
-                if !p.serve.is_empty() {
-                    c.push(&e, "serve", ProblemKind::EntryServes);
-                }
+        } else {
+            for (field, v) in numbers {
+                c.non_negative(&e, field, v);
+            }
+        }
+        if p.role == PeerRole::Contributor {
+            if p.serve.is_empty() {
+                c.push(&e, "serve", ProblemKind::NoServe);
+            }
+            if p.fallback {
+                c.push(&e, "fallback", ProblemKind::FallbackOnContributor);
             }
         }
         let mut served = BTreeSet::new();
@@ -275,7 +275,31 @@ pub(super) fn check(s: &Scenario) -> Vec<Problem> {
             }
         }
         c.within_run(&e, "start_s", t.start_s, s.duration_s);
+        if let Some(d) = t.deadline_s {
+            c.positive(&e, "deadline_s", d);
+        }
     }
+
+    let g = Entry::Gossip;
+    for (field, v) in [
+        ("tick_s", s.gossip.tick_s),
+        ("heartbeat_s", s.gossip.heartbeat_s),
+        ("connection_timeout_ms", s.gossip.connection_timeout_ms),
+    ] {
+        if let Some(v) = v {
+            c.positive(&g, field, v);
+        }
+    }
+    if s.gossip.anti_entropy_peers == Some(0) {
+        c.push(&g, "anti_entropy_peers", ProblemKind::Zero);
+    }
+    if s.gossip.rumor_fanout == Some(0) {
+        c.push(&g, "rumor_fanout", ProblemKind::Zero);
+    }
+    if let Some(v) = s.verify.interval_s {
+        c.positive(&Entry::Verify, "interval_s", v);
+    }
+    c.non_negative(&Entry::Check, "liveness_s", s.check.liveness_s);
 
     check_events(&mut c, s);
     c.problems
