@@ -10,8 +10,13 @@
 //! - [`out`]: `--out DIR` (every node's final `/api/status`, SVG plots).
 //! - [`rng`]: seeded streams derived from one master seed.
 //!
-//! Engines: [`des`] (`--engine des`), the discrete-event world; the turmoil engine of issue 5
-//! plugs in beside it by producing an [`Outcome`] from a [`Scenario`].
+//! Engines: [`des`] (`--engine des`, the CLI's default), the discrete-event world driving
+//! mesh-core directly, for every replay and thousands of peers; [`turmoil`] (`--engine
+//! turmoil`), mesh-node's real driver, entry and proxy on turmoil hosts, for up to
+//! [`turmoil::MAX_PEERS`] peers. Both produce an [`Outcome`] from a [`Scenario`]; the replays
+//! both run reach the same decisions (`tests/engines.rs`, which also lists the replays the
+//! turmoil engine cannot run and why: an entry that also serves models or audits its peers is
+//! not something mesh-node's entry does yet).
 //!
 //! Tools: [`sweep`] (many seeds), [`bench`] (scale figures).
 
@@ -41,7 +46,7 @@ use timeline::Timeline;
 pub enum Engine {
     /// The discrete-event world: no tokio, mesh-core machines driven directly.
     Des,
-    /// The real `mesh-node` stack on turmoil hosts (issue 5).
+    /// The real `mesh-node` stack on turmoil hosts.
     Turmoil,
 }
 

@@ -76,7 +76,9 @@ enum Command {
 enum EngineArg {
     /// Discrete-event world driving mesh-core directly.
     Des,
-    /// The real node stack on turmoil (arrives with issue 5).
+    /// The real mesh-node stack on turmoil hosts and TCP, with simulated llama-servers (up to
+    /// 40 peers; the replays whose entry also serves or audits are des-only, see
+    /// mesh-sim/tests/engines.rs).
     Turmoil,
 }
 

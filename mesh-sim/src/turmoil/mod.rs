@@ -1,4 +1,4 @@
-//! The turmoil engine (`--engine turmoil`, the default): every scenario peer is a turmoil host
+//! The turmoil engine (`--engine turmoil`): every scenario peer is a turmoil host
 //! running mesh-node's real code — the gossip driver and election ([`mesh_node::mesh::Mesh`]),
 //! the HTTP tunnel, the backend proxy and its samples ([`mesh_node::proxy`]), the native-baseline
 //! collector, the entry's SLA gate and router ([`mesh_node::entry`]) and the API — over a
@@ -16,6 +16,11 @@
 //! discrete-event engine's), link delays (ditto), invites, each node's gossip, transport and
 //! baseline seeds, llama-server jitter, traffic, and turmoil's own generator — and the whole
 //! world runs on one thread (each host's runtime is a current-thread runtime stepped in turn).
+//!
+//! **What it cannot run** (the discrete-event engine runs these): an entry that also serves
+//! models (mesh-node's entry has no local model: its own backends get no traffic) or audits its
+//! peers (mesh-node has no audit loop yet), so the `dishonest-*` replays reach no verdicts here;
+//! scenarios above [`MAX_PEERS`] peers. `tests/engines.rs` lists every replay by engine.
 //!
 //! **Scale**: turmoil steps every host each tick and visits every link of every host, so a step
 //! costs O(hosts × links) = O(n³) and a virtual hour is 3.6 million steps at the 1 ms tick.
