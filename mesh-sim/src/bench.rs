@@ -13,6 +13,7 @@ use crate::scenario::{
     CheckSpec, GossipSpec, ModelSpec, NetworkSpec, PeerRole, PeerSpec, Scenario, TrafficSpec,
     VerifySpec,
 };
+use crate::{Engine, RunError, RunOptions};
 use mesh_core::Backend;
 use std::time::Instant;
 
@@ -168,6 +169,8 @@ fn traffic(model: &str, rate_per_min: f64, prompt_tokens: u32, max_tokens: u32) 
 /// What one bench run measured.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchFigures {
+    /// `des` or `turmoil`.
+    pub engine_name: &'static str,
     pub peers: usize,
     pub virtual_hours: f64,
     pub loss: f64,
@@ -191,21 +194,34 @@ pub struct BenchFigures {
     pub engine: crate::EngineStats,
 }
 
-/// Runs the scale scenario once and measures it. `progress` as in [`crate::Extras`].
+/// Runs the scale scenario once on `engine` and measures it. `progress` as in
+/// [`crate::Extras`]. The turmoil engine refuses meshes above its limit.
 pub fn run(
+    engine: Engine,
     peers: usize,
     hours: f64,
     loss: f64,
     seed: u64,
     progress: Option<&mut dyn FnMut(f64, f64)>,
-) -> BenchFigures {
+) -> Result<BenchFigures, RunError> {
     let scenario = scale_scenario(peers, hours, loss, seed);
     let started = Instant::now();
-    let outcome = crate::des::run_outcome(&scenario, seed, false, progress);
+    let outcome = crate::run_outcome(
+        &scenario,
+        RunOptions {
+            seed: Some(seed),
+            engine,
+        },
+        crate::Extras {
+            all_statuses: false,
+            progress,
+        },
+    )?;
     let wall_s = started.elapsed().as_secs_f64();
     let r = &outcome.report;
     let g = &r.gossip;
-    BenchFigures {
+    Ok(BenchFigures {
+        engine_name: engine.as_str(),
         peers,
         virtual_hours: hours,
         loss,
@@ -230,14 +246,14 @@ pub fn run(
             .map(|c| c.out_of_targets_after_ms)
             .collect(),
         engine: outcome.stats,
-    }
+    })
 }
 
 impl BenchFigures {
     pub fn to_text(&self) -> String {
         let opt = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.0}{unit}"));
         format!(
-            "bench: {} peers + 1 entry, {} virtual h, {:.0} % loss, 20-100 ms links (fast engine)\n\
+            "bench: {} peers + 1 entry, {} virtual h, {:.0} % loss, 20-100 ms links ({} engine)\n\
              wall time            {:.1} s ({:.0}x virtual time)\n\
              peak memory          {}\n\
              chats                {} sent, {} served by the mesh\n\
@@ -249,6 +265,7 @@ impl BenchFigures {
             self.peers,
             self.virtual_hours,
             self.loss * 100.0,
+            self.engine_name,
             self.wall_s,
             self.virtual_hours * 3600.0 / self.wall_s.max(1e-9),
             opt(self.peak_rss_mib, " MiB"),

@@ -52,8 +52,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Measure the fast engine: an N-peer mesh for H virtual hours with traffic and loss.
+    /// Measure an engine: an N-peer mesh for H virtual hours with traffic and loss (wall time,
+    /// peak memory, gossip figures).
     Bench {
+        #[arg(long, value_enum, default_value_t = EngineArg::Des)]
+        engine: EngineArg,
         #[arg(long, default_value_t = 1000)]
         peers: usize,
         #[arg(long, default_value_t = 1.0)]
@@ -208,6 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Bench {
+            engine,
             peers,
             hours,
             loss,
@@ -229,7 +233,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     b.set_position(done as u64);
                 }
             };
-            let figures = mesh_sim::bench::run(peers, hours, loss, seed, Some(&mut tick));
+            let figures =
+                mesh_sim::bench::run(engine.into(), peers, hours, loss, seed, Some(&mut tick))?;
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
