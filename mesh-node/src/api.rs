@@ -6,7 +6,10 @@ use crate::error::ApiError;
 use crate::facts::Measurements;
 use crate::local_status::{NodeInfo, local_view};
 use crate::mesh::Mesh;
+use crate::metrics::{self, Scrape};
+use crate::pages::{self, PageSource};
 use crate::proxy::{ChatProxy, MAX_BODY_BYTES};
+use crate::share_store::ShareSnapshot;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header::CONTENT_LENGTH;
@@ -15,10 +18,10 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use mesh_core::MeshView;
-use mesh_core::sla::TierCatalog;
+use mesh_core::sla::{TierCatalog, TierTargets};
 use mesh_core::status::payload::StatusPayload;
 use mesh_core::status::{CatalogPayload, LocalFacts, catalog_payload, status_payload};
+use mesh_core::{MeshView, Timestamp};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
@@ -67,8 +70,43 @@ pub fn router(api: Arc<NodeApi>) -> Router {
         .route("/v1/models", get(models))
         .route("/api/status", get(status))
         .route("/api/models", get(catalog))
+        .route("/metrics", get(metrics_handler))
         .fallback(not_found)
-        .with_state(api)
+        .with_state(api.clone())
+        .merge(pages::router(api))
+}
+
+/// A serving node's pages: its catalog and status; mesh share is counted on entries.
+impl PageSource for NodeApi {
+    fn status(&self) -> StatusPayload {
+        NodeApi::status(self)
+    }
+
+    fn catalog(&self) -> CatalogPayload {
+        NodeApi::catalog(self)
+    }
+
+    fn targets(&self) -> TierTargets {
+        TierTargets::default()
+    }
+
+    async fn share(&self) -> Option<ShareSnapshot> {
+        None
+    }
+
+    fn now(&self) -> Timestamp {
+        self.proxy.recorder().clock().now()
+    }
+}
+
+async fn metrics_handler(State(api): State<Arc<NodeApi>>) -> Response<Body> {
+    metrics::response(metrics::encode(&Scrape {
+        counters: None,
+        status: &api.status(),
+        catalog: &api.catalog(),
+        share: None,
+        sample_outcomes: api.proxy.recorder().outcome_counts(),
+    }))
 }
 
 async fn chat_completions(State(api): State<Arc<NodeApi>>, req: Request) -> Response<Body> {

@@ -10,16 +10,30 @@
 //! The entry times every stream it proxies with the same [`ChatProxy`]/[`Recorder`] code as a host
 //! (one recorder per peer), feeding [`EntrySamples`].
 //!
-//! The external provider is a seam: [`Fallback`]. Without one, the fallback policy has no API
-//! key, so every decision that would fire reads `fallback-disabled` and the request stays on the
-//! mesh.
+//! The external provider sits behind the [`Fallback`] seam; `mesh-node entry` plugs in
+//! [`OpenAiProvider`](crate::fallback::OpenAiProvider). Without one, the fallback policy has no
+//! API key, so every decision that would fire reads `fallback-disabled` and the request stays on
+//! the mesh. Budgets and `mesh_share_pct` counters live in [`Accounting`] (memory, the data dir,
+//! or Redis); every answered chat is counted there (2xx only: a refusal served nobody) and in
+//! [`ChatCounters`] for `/metrics`.
+//!
+//! Routes: `POST /v1/chat/completions` and `POST /api/chat` (the testbed path: the model may be
+//! omitted and resolves through [`sla::default_model`]) behind the API keys of [`crate::auth`];
+//! open: `GET /v1/models`, `/api/status`, `/api/models`, `/api/mesh-share`, `/metrics`,
+//! `/status`, `/dashboard`.
 
 use crate::api::read_body;
+use crate::auth::{self, ApiKeys, KeyGuard};
 use crate::clock::Clock;
 use crate::config::{DEFAULT_API_ADDR, EntryArgs, RelayMode, default_data_dir};
 use crate::error::ApiError;
+use crate::fallback::{FallbackFile, OpenAiProvider, ProviderSettings};
 use crate::mesh::{ContentSource, Mesh, MeshOptions, os_seed, read_invite};
+use crate::metrics::{self, ChatCounters, OTHER_MODEL, Scrape};
+use crate::milestones::Milestones;
+use crate::pages::{self, PageSource};
 use crate::proxy::{ChatProxy, Recorder, RecorderEvent};
+use crate::share_store::{Accounting, ShareSnapshot, StoreConfig};
 use crate::transport::iroh::IrohTransport;
 use crate::tunnel::peer_upstream;
 use crate::{device, http_serve, identity};
@@ -29,21 +43,23 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, Response, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::{Json, Router as AxumRouter};
+use axum::{Json, Router as AxumRouter, middleware};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use hyper::body::{Frame, SizeHint};
-use mesh_core::election::Plan;
+use mesh_core::election::{DemandMeter, Plan};
 use mesh_core::invite;
 use mesh_core::peer::ModelName;
-use mesh_core::peer::{PeerAnnouncement, Role};
+use mesh_core::peer::{ModelDemand, PeerAnnouncement, Role};
 use mesh_core::routing::{RouteConfig, Router, next_attempt};
 use mesh_core::sla::{
-    self, EntrySamples, Evaluation, FallbackBudget, FallbackConfig, FallbackDecision, ServedBy,
-    SlaConfig,
+    self, BudgetLeft, EntrySamples, Evaluation, FallbackConfig, FallbackDecision, FallbackTrigger,
+    OverBudget, ServedBy, SlaConfig, TierTargets,
 };
-use mesh_core::status::{LocalFacts, StatusPayload, status_payload};
-use mesh_core::{MeshView, PeerId};
+use mesh_core::status::{
+    CatalogPayload, LocalFacts, StatusPayload, catalog_payload, status_payload,
+};
+use mesh_core::{MeshView, PeerId, Timestamp};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -51,7 +67,7 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -70,7 +86,21 @@ pub struct EntryFile {
     pub route: Option<RouteConfig>,
     /// SLA gate knobs (tier overrides, targets, minimum samples, maximum age).
     pub sla: Option<SlaConfig>,
+    /// The external provider (`[fallback]`: provider, base_url, api_key_file, model_map,
+    /// per_ip_per_hour, first_byte_timeout_s).
+    pub fallback: Option<FallbackFile>,
+    /// Redis for counters and budgets shared by several entries (else the data dir).
+    pub redis_url: Option<String>,
+    /// Prefix of this deployment's Redis keys [default: closedmesh].
+    pub redis_prefix: Option<String>,
+    /// Inference API keys, one per line.
+    pub api_keys_file: Option<PathBuf>,
+    /// The `/api/chat` default when it is a served daily-driver (an operator pin).
+    pub default_model: Option<String>,
 }
+
+/// The Redis key prefix unless configured.
+pub const DEFAULT_REDIS_PREFIX: &str = "closedmesh";
 
 /// `entry`'s settings after merging flags/env over the file over the defaults.
 #[derive(Debug, Clone)]
@@ -80,6 +110,9 @@ pub struct EntryConfig {
     pub data_dir: PathBuf,
     pub relay: RelayMode,
     pub settings: EntrySettings,
+    pub provider: ProviderSettings,
+    /// Where mesh-share counters (and, with Redis, budgets) are kept.
+    pub store: StoreConfig,
 }
 
 impl EntryConfig {
@@ -102,6 +135,32 @@ impl EntryConfig {
                 .or(file.first_byte_timeout_s)
                 .unwrap_or(route.first_byte_timeout_secs),
         );
+        // Secrets come from the environment or files, never from flags.
+        let provider = ProviderSettings::resolve(
+            file.fallback.unwrap_or_default(),
+            args.fallback_base_url,
+            std::env::var("CLOSEDMESH_FALLBACK_API_KEY").ok(),
+            args.fallback_api_key_file,
+        )?;
+        let api_keys = ApiKeys::load(
+            std::env::var("CLOSEDMESH_API_KEYS").ok().as_deref(),
+            args.api_keys_file.or(file.api_keys_file).as_deref(),
+        )?;
+        let data_dir = match args.data_dir.or(file.data_dir) {
+            Some(d) => d,
+            None => default_data_dir()?,
+        };
+        let store = match args.redis_url.or(file.redis_url) {
+            Some(url) => StoreConfig::Redis {
+                url,
+                prefix: file
+                    .redis_prefix
+                    .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_string()),
+            },
+            None => StoreConfig::Disk {
+                data_dir: data_dir.clone(),
+            },
+        };
         Ok(EntryConfig {
             join: args.join.or(file.join),
             api_addr: args.api_addr.or(file.api_addr).unwrap_or_else(|| {
@@ -109,16 +168,17 @@ impl EntryConfig {
                     .parse()
                     .expect("the default address parses")
             }),
-            data_dir: match args.data_dir.or(file.data_dir) {
-                Some(d) => d,
-                None => default_data_dir()?,
-            },
+            data_dir,
             relay: args.relay.or(file.relay).unwrap_or(RelayMode::Default),
             settings: EntrySettings {
                 route,
                 sla: file.sla.unwrap_or_default(),
                 first_byte_timeout,
+                api_keys,
+                default_model: file.default_model,
             },
+            provider,
+            store,
         })
     }
 }
@@ -137,11 +197,20 @@ pub async fn run(cfg: EntryConfig, shutdown: impl Future<Output = ()>) -> anyhow
     let transport = IrohTransport::bind_node(identity.secret, cfg.relay.clone()).await?;
     let me = identity.peer_id;
     let hostname = device::hostname();
-    let content: ContentSource = Arc::new(move || {
-        let mut a = PeerAnnouncement::new(me, String::new(), Role::Client);
-        a.hostname.clone_from(&hostname);
-        a
-    });
+    // The entry exists only once the mesh does; until then it has routed nothing.
+    let entry_slot: Arc<OnceLock<Arc<Entry>>> = Arc::default();
+    let content: ContentSource = {
+        let entry_slot = entry_slot.clone();
+        let clock = Clock::system();
+        Arc::new(move || {
+            let mut a = PeerAnnouncement::new(me, String::new(), Role::Client);
+            a.hostname.clone_from(&hostname);
+            if let Some(entry) = entry_slot.get() {
+                a.demand = entry.demand(clock.now());
+            }
+            a
+        })
+    };
     let (mesh, _tunnels) = Mesh::start(
         Arc::new(transport),
         Clock::system(),
@@ -156,13 +225,40 @@ pub async fn run(cfg: EntryConfig, shutdown: impl Future<Output = ()>) -> anyhow
         }
         Err(e) => tracing::warn!(error = %e, "could not write an invite to the data dir"),
     }
-    let entry = Entry::new(mesh.clone(), cfg.settings, None);
+    let provider = OpenAiProvider::new(cfg.provider)?;
+    let policy = provider.config().clone();
+    tracing::info!(
+        provider = %policy.provider,
+        url = provider.url(),
+        api_key_configured = policy.api_key_configured,
+        mapped_models = policy.model_map.len(),
+        per_ip_per_hour = policy.per_ip_per_hour,
+        "fallback provider"
+    );
+    let accounting =
+        Accounting::open(cfg.store, policy.per_ip_per_hour, mesh.gossip().clock()).await?;
+    tracing::info!(
+        store = accounting.kind().as_str(),
+        api_keys = cfg.settings.api_keys.len(),
+        "mesh-share counters and fallback budgets"
+    );
+    let entry = Entry::with_services(
+        mesh.clone(),
+        cfg.settings,
+        EntryServices {
+            fallback: Some(Arc::new(provider)),
+            accounting: accounting.clone(),
+            milestones: Arc::new(Milestones::load(&cfg.data_dir)),
+        },
+    );
+    let _ = entry_slot.set(entry.clone());
     let listener = TcpListener::bind(cfg.api_addr)
         .await
         .with_context(|| format!("binding the API to {}", cfg.api_addr))?;
     tracing::info!(addr = %listener.local_addr()?, node_id = %me, "entry API listening");
     http_serve::serve(http_serve::nodelay(listener), router(entry), shutdown).await;
     tracing::info!("shutting down: leaving the mesh");
+    accounting.flush().await;
     mesh.shutdown().await;
     Ok(())
 }
@@ -170,7 +266,7 @@ pub async fn run(cfg: EntryConfig, shutdown: impl Future<Output = ()>) -> anyhow
 /// Ours: the short id of the peer that served the response (absent when none did).
 pub const PEER_HEADER: &str = "x-closedmesh-peer";
 
-/// The external OpenAI-compatible provider (issue 7 fills it in: provider client, budget store).
+/// The external OpenAI-compatible provider ([`OpenAiProvider`] in production).
 pub trait Fallback: Send + Sync + 'static {
     /// The policy the fallback decision reads: provider name, whether a key is configured, the
     /// model mapping, the per-IP budget.
@@ -191,6 +287,10 @@ pub struct EntrySettings {
     pub sla: SlaConfig,
     /// How long a target may take to send its response head.
     pub first_byte_timeout: Duration,
+    /// Keys the chat endpoints require (none: open).
+    pub api_keys: ApiKeys,
+    /// The operator's preferred `/api/chat` default.
+    pub default_model: Option<String>,
 }
 
 impl Default for EntrySettings {
@@ -200,8 +300,19 @@ impl Default for EntrySettings {
             first_byte_timeout: route.first_byte_timeout(),
             route,
             sla: SlaConfig::default(),
+            api_keys: ApiKeys::open(),
+            default_model: None,
         }
     }
+}
+
+/// What an entry runs with besides its mesh and settings.
+pub struct EntryServices {
+    pub fallback: Option<Arc<dyn Fallback>>,
+    /// Mesh-share counters and fallback budgets.
+    pub accounting: Arc<Accounting>,
+    /// First-serve milestones of the models this entry routed to the mesh.
+    pub milestones: Arc<Milestones>,
 }
 
 /// The entry's state. Cheap to share.
@@ -212,9 +323,13 @@ pub struct Entry {
     router: Mutex<Router>,
     fallback: Option<Arc<dyn Fallback>>,
     fallback_config: FallbackConfig,
-    budget: Mutex<FallbackBudget>,
+    accounting: Arc<Accounting>,
+    milestones: Arc<Milestones>,
+    counters: ChatCounters,
     samples: Arc<Mutex<EntrySamples>>,
     proxies: Mutex<BTreeMap<PeerId, ChatProxy>>,
+    /// The chats this entry routed lately, announced so the mesh can add hosts under demand.
+    demand: Arc<Mutex<DemandMeter>>,
 }
 
 impl std::fmt::Debug for Entry {
@@ -231,12 +346,34 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Entry {
+    /// An entry whose counters, budgets and milestones live in memory.
     pub fn new(
         mesh: Arc<Mesh>,
         settings: EntrySettings,
         fallback: Option<Arc<dyn Fallback>>,
     ) -> Arc<Entry> {
-        let fallback_config = match &fallback {
+        let limit = fallback.as_ref().map_or_else(
+            || FallbackConfig::default().per_ip_per_hour,
+            |f| f.config().per_ip_per_hour,
+        );
+        let accounting = Accounting::in_memory(limit, mesh.gossip().clock());
+        Self::with_services(
+            mesh,
+            settings,
+            EntryServices {
+                fallback,
+                accounting,
+                milestones: Arc::new(Milestones::in_memory()),
+            },
+        )
+    }
+
+    pub fn with_services(
+        mesh: Arc<Mesh>,
+        settings: EntrySettings,
+        services: EntryServices,
+    ) -> Arc<Entry> {
+        let fallback_config = match &services.fallback {
             Some(f) => f.config().clone(),
             None => FallbackConfig {
                 api_key_configured: false,
@@ -247,13 +384,72 @@ impl Entry {
             clock: mesh.gossip().clock(),
             mesh,
             router: Mutex::new(Router::new(settings.route.clone())),
-            budget: Mutex::new(FallbackBudget::new(fallback_config.per_ip_per_hour)),
             settings,
-            fallback,
+            fallback: services.fallback,
             fallback_config,
+            accounting: services.accounting,
+            milestones: services.milestones,
+            counters: ChatCounters::default(),
             samples: Arc::default(),
             proxies: Mutex::default(),
+            demand: Arc::default(),
         })
+    }
+
+    /// The demand this entry measured, per model, at `now` (what its announcement carries).
+    pub fn demand(&self, now: Timestamp) -> Vec<ModelDemand> {
+        lock(&self.demand).snapshot(now)
+    }
+
+    pub fn accounting(&self) -> &Arc<Accounting> {
+        &self.accounting
+    }
+
+    /// `/api/models`: the catalog as this entry sees the mesh, with its first-serve milestones.
+    pub fn catalog(&self) -> CatalogPayload {
+        let facts = LocalFacts {
+            inflight_requests: self.inflight(),
+            first_served_unix_secs: self.milestones.first_served(),
+            ..LocalFacts::default()
+        };
+        catalog_payload(&self.mesh.view(), &facts, &|m| {
+            self.settings.sla.catalog.tier_of(m)
+        })
+    }
+
+    /// `/api/mesh-share`; `None` (logged) when the store does not answer.
+    pub async fn share(&self) -> Option<ShareSnapshot> {
+        match self.accounting.snapshot().await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "mesh-share counters unavailable");
+                None
+            }
+        }
+    }
+
+    /// `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let share = self.share().await;
+        metrics::encode(&Scrape {
+            counters: Some(&self.counters),
+            status: &self.status(),
+            catalog: &self.catalog(),
+            share: share.as_ref(),
+            sample_outcomes: BTreeMap::new(),
+        })
+    }
+
+    /// The `/api/chat` model when the request names none: [`sla::default_model`] over the models
+    /// some dialable host routes now.
+    pub fn default_model(&self) -> Result<String, ApiError> {
+        let served = routable_models(&self.mesh.view());
+        sla::default_model(
+            &served,
+            self.settings.default_model.as_deref(),
+            &self.settings.sla.catalog,
+        )
+        .map_err(|e| service_unavailable(e.reason_code(), e.to_string()))
     }
 
     pub fn mesh(&self) -> &Arc<Mesh> {
@@ -295,6 +491,7 @@ impl Entry {
                 let recorder = Arc::new(Recorder::new(self.clock));
                 let mut events = recorder.subscribe();
                 let samples = self.samples.clone();
+                let milestones = self.milestones.clone();
                 tokio::spawn(async move {
                     use tokio::sync::broadcast::error::RecvError;
                     loop {
@@ -302,7 +499,10 @@ impl Entry {
                             Ok(RecorderEvent::Concluded {
                                 model,
                                 sample: Some(sample),
-                            }) => lock(&samples).record(peer, &model, sample),
+                            }) => {
+                                lock(&samples).record(peer, &model, sample);
+                                milestones.record(&model, sample.at.as_unix_secs());
+                            }
                             Ok(_) | Err(RecvError::Lagged(_)) => {}
                             Err(RecvError::Closed) => break,
                         }
@@ -313,7 +513,7 @@ impl Entry {
             .clone()
     }
 
-    /// Routes one chat (the caller's JSON object) for `model`.
+    /// Routes one chat (the caller's JSON object) for `model`, and counts it.
     pub async fn chat(
         self: &Arc<Self>,
         model: &str,
@@ -321,35 +521,90 @@ impl Entry {
         caller: IpAddr,
     ) -> Response<Body> {
         let now = self.clock.now();
+        lock(&self.demand).record(model, demand_caller(caller), now);
         let view = self.mesh.view();
         let evaluation = sla::evaluate(model, &view, &self.measurements(), now, &self.settings.sla);
-        let decision = sla::decide_and_spend(
+        let routed = self
+            .route(model, &view, &evaluation, request, caller, now)
+            .await;
+        let status = routed.response.status();
+        let label = if routed.served_by == ServedBy::Fallback || known_model(&view, model) {
+            model
+        } else {
+            OTHER_MODEL
+        };
+        self.counters.chat(
+            label,
+            routed.served_by,
+            status.as_u16(),
             &evaluation,
-            &self.fallback_config,
-            &mut lock(&self.budget),
-            caller,
-            now,
+            &routed.decision,
         );
+        // A refusal or an error served nobody; only answered chats count towards the share.
+        if status.is_success() {
+            self.accounting.record(routed.served_by);
+        }
+        with_headers(
+            routed.response,
+            &evaluation,
+            &routed.decision,
+            routed.served_by,
+            routed.peer,
+        )
+    }
+
+    /// The fallback decision by mesh-core's `rule` for `trigger`. Every rule but the budget is
+    /// checked first, so a unit is spent (one atomic step in the shared store) only for a request
+    /// that would fire; a spend the store refuses reads as the caller having no budget left.
+    async fn decide(
+        &self,
+        evaluation: &Evaluation,
+        caller: IpAddr,
+        trigger: FallbackTrigger,
+    ) -> FallbackDecision {
+        let rule = match trigger {
+            FallbackTrigger::SlaMiss => sla::decide_fallback,
+            FallbackTrigger::MeshFailedBeforeFirstToken => sla::decide_fallback_after_mesh_failure,
+        };
+        let would = rule(evaluation, &self.fallback_config, BudgetLeft(1));
+        if !would.fires() {
+            return would;
+        }
+        match self.accounting.take_budget(caller).await {
+            Ok(left) => FallbackDecision {
+                budget_remaining: Some(left),
+                ..would
+            },
+            Err(OverBudget) => rule(evaluation, &self.fallback_config, BudgetLeft(0)),
+        }
+    }
+
+    async fn route(
+        self: &Arc<Self>,
+        model: &str,
+        view: &MeshView,
+        evaluation: &Evaluation,
+        request: Map<String, Value>,
+        caller: IpAddr,
+        now: Timestamp,
+    ) -> Routed {
+        let decision = self
+            .decide(evaluation, caller, FallbackTrigger::SlaMiss)
+            .await;
         if decision.fires()
             && let Some(fb) = &self.fallback
         {
             tracing::info!(model, status = %evaluation.status.as_str(), "chat sent to the fallback provider");
-            let resp = fb.chat(&decision, request).await;
-            return with_headers(resp, &evaluation, &decision, ServedBy::Fallback, None);
+            let response = fb.chat(&decision, request).await;
+            return Routed::fallback(response, decision);
         }
 
         let key = request_key(model, &request);
-        let order = lock(&self.router).order(model, &view, &key, now);
+        let order = lock(&self.router).order(model, view, &key, now);
         if order.is_empty() {
-            let err = no_target(model, &view, &self.mesh.election().borrow().plans);
+            let err = no_target(model, view, &self.mesh.election().borrow().plans);
             tracing::info!(model, reason = err.reason_code, "chat has no target");
-            return with_headers(
-                err.into_response(),
-                &evaluation,
-                &decision,
-                ServedBy::Mesh,
-                None,
-            );
+            return Routed::mesh(err.into_response(), decision, None);
         }
         let transport = self.mesh.transport().clone();
         let mut tried = Vec::new();
@@ -376,39 +631,86 @@ impl Entry {
             lock(&self.router).first_byte(peer, model);
             tracing::info!(model, %peer, status = status.as_u16(), attempts = tried.len(), "chat routed");
             let resp = guard_inflight(resp, self.clone(), peer);
-            return with_headers(resp, &evaluation, &decision, ServedBy::Mesh, Some(peer));
+            return Routed::mesh(resp, decision, Some(peer));
         }
 
         // Every target failed before the first byte: the provider, if the rules allow.
-        let after = {
-            let mut budget = lock(&self.budget);
-            let left = budget.remaining(caller, now);
-            let d =
-                sla::decide_fallback_after_mesh_failure(&evaluation, &self.fallback_config, left);
-            if d.fires() {
-                // Cannot fail: `remaining` just reported a unit for this caller and hour.
-                let _ = budget.take(caller, now);
-            }
-            d
-        };
+        let after = self
+            .decide(
+                evaluation,
+                caller,
+                FallbackTrigger::MeshFailedBeforeFirstToken,
+            )
+            .await;
         if after.fires()
             && let Some(fb) = &self.fallback
         {
-            let resp = fb.chat(&after, request).await;
-            return with_headers(resp, &evaluation, &after, ServedBy::Fallback, None);
+            tracing::info!(
+                model,
+                tried = tried.len(),
+                "every mesh target failed; chat sent to the fallback provider"
+            );
+            let response = fb.chat(&after, request).await;
+            return Routed::fallback(response, after);
         }
         let err = ApiError::upstream_error(format!(
             "every peer serving {model:?} failed before answering ({} tried)",
             tried.len()
         ));
-        with_headers(
-            err.into_response(),
-            &evaluation,
-            &after,
-            ServedBy::Mesh,
-            None,
-        )
+        Routed::mesh(err.into_response(), after, None)
     }
+}
+
+/// How one chat was answered.
+struct Routed {
+    response: Response<Body>,
+    served_by: ServedBy,
+    /// The fallback decision that applied (the one its headers carry).
+    decision: FallbackDecision,
+    peer: Option<PeerId>,
+}
+
+impl Routed {
+    fn mesh(response: Response<Body>, decision: FallbackDecision, peer: Option<PeerId>) -> Self {
+        Routed {
+            response,
+            served_by: ServedBy::Mesh,
+            decision,
+            peer,
+        }
+    }
+
+    fn fallback(response: Response<Body>, decision: FallbackDecision) -> Self {
+        Routed {
+            response,
+            served_by: ServedBy::Fallback,
+            decision,
+            peer: None,
+        }
+    }
+}
+
+/// Whether some peer in the view names `model` (what `/metrics` may label a series with).
+fn known_model(view: &MeshView, model: &str) -> bool {
+    view.peers.iter().any(|p| {
+        let a = &p.announcement;
+        a.hosts(model)
+            || a.serving_models.iter().any(|m| m == model)
+            || a.requested_models.iter().any(|m| m == model)
+    })
+}
+
+/// The models some dialable host routes now, sorted.
+fn routable_models(view: &MeshView) -> Vec<ModelName> {
+    let mut names: Vec<ModelName> = view
+        .peers
+        .iter()
+        .filter(|p| p.rtt_ms.is_some() && p.announcement.is_host())
+        .flat_map(|p| p.announcement.hosted_models.iter().cloned())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 /// A target's answer that counts as a failure before the first byte: it sent nothing the caller
@@ -539,55 +841,133 @@ impl hyper::body::Body for Guarded {
     }
 }
 
-/// The entry's API: OpenAI-compatible chat and model list, and `/api/status` for the mesh.
+/// The entry's API (see the module docs for the routes).
 pub fn router(entry: Arc<Entry>) -> AxumRouter {
+    let counters = entry.counters.clone();
+    let guard = KeyGuard {
+        keys: Arc::new(entry.settings.api_keys.clone()),
+        on_refusal: Some(Arc::new(move |r| counters.auth_refused(r))),
+    };
     AxumRouter::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/api/chat", post(api_chat))
+        .route_layer(middleware::from_fn_with_state(guard, auth::require_key))
         .route("/v1/models", get(models))
         .route("/api/status", get(status))
+        .route("/api/models", get(catalog))
+        .route("/api/mesh-share", get(mesh_share))
+        .route("/metrics", get(metrics_handler))
         .fallback(not_found)
-        .with_state(entry)
+        .with_state(entry.clone())
+        .merge(pages::router(entry))
+}
+
+impl PageSource for Entry {
+    fn status(&self) -> StatusPayload {
+        Entry::status(self)
+    }
+
+    fn catalog(&self) -> CatalogPayload {
+        Entry::catalog(self)
+    }
+
+    fn targets(&self) -> TierTargets {
+        self.settings.sla.targets
+    }
+
+    async fn share(&self) -> Option<ShareSnapshot> {
+        Entry::share(self).await
+    }
+
+    fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+}
+
+/// A caller as the demand meter counts it: its fallback-budget key (an IPv6 /64 is one caller).
+fn demand_caller(ip: IpAddr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    sla::caller_key(ip).hash(&mut h);
+    h.finish()
+}
+
+fn caller_ip(req: &Request) -> IpAddr {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// The request's JSON object and its `model` (`None` when absent or empty).
+async fn parse_chat(req: Request) -> Result<(Option<String>, Map<String, Value>), ApiError> {
+    let body = read_body(req).await?;
+    let request: Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid_request(
+            "invalid_json",
+            format!("request body is not a JSON object: {e}"),
+        )
+    })?;
+    let model = match request.get("model") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(m)) if m.is_empty() => None,
+        Some(Value::String(m)) => Some(m.clone()),
+        Some(_) => {
+            return Err(ApiError::invalid_request(
+                "model_invalid",
+                "\"model\" must be a string",
+            ));
+        }
+    };
+    Ok((model, request))
 }
 
 async fn chat_completions(State(entry): State<Arc<Entry>>, req: Request) -> Response<Body> {
-    let caller = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let parsed = async {
-        let body = read_body(req).await?;
-        let request: Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::invalid_request(
-                "invalid_json",
-                format!("request body is not a JSON object: {e}"),
-            )
-        })?;
-        let model = request
-            .get("model")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ApiError::invalid_request("model_missing", "request has no \"model\""))?
-            .to_string();
-        Ok::<_, ApiError>((model, request))
-    };
-    match parsed.await {
-        Ok((model, request)) => entry.chat(&model, request, caller).await,
+    let caller = caller_ip(&req);
+    match parse_chat(req).await {
+        Ok((Some(model), request)) => entry.chat(&model, request, caller).await,
+        Ok((None, _)) => {
+            ApiError::invalid_request("model_missing", "request has no \"model\"").into_response()
+        }
         Err(e) => e.into_response(),
     }
 }
 
+/// Ours: the model an `/api/chat` request was served as (its own, or the default).
+pub const MODEL_HEADER: &str = "x-closedmesh-model";
+
+/// `POST /api/chat`: the SLA-gated testbed path. The body is an OpenAI chat request whose
+/// `model` may be left out: then the tier-aware default ([`Entry::default_model`]) serves it.
+async fn api_chat(State(entry): State<Arc<Entry>>, req: Request) -> Response<Body> {
+    let caller = caller_ip(&req);
+    let (model, mut request) = match parse_chat(req).await {
+        Ok(parsed) => parsed,
+        Err(e) => return e.into_response(),
+    };
+    let model = match model {
+        Some(m) => m,
+        None => match entry.default_model() {
+            Ok(m) => {
+                request.insert("model".into(), Value::String(m.clone()));
+                m
+            }
+            Err(e) => {
+                tracing::info!(reason = e.reason_code, "no default chat model");
+                return e.into_response();
+            }
+        },
+    };
+    let mut resp = entry.chat(&model, request, caller).await;
+    if let Ok(v) = HeaderValue::from_str(&model) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static(MODEL_HEADER), v);
+    }
+    resp
+}
+
 /// The models some dialable host routes now.
 async fn models(State(entry): State<Arc<Entry>>) -> Json<Value> {
-    let view = entry.mesh.view();
-    let mut names: Vec<&str> = view
-        .peers
-        .iter()
-        .filter(|p| p.rtt_ms.is_some() && p.announcement.is_host())
-        .flat_map(|p| p.announcement.hosted_models.iter().map(String::as_str))
-        .collect();
-    names.sort_unstable();
-    names.dedup();
-    let data: Vec<Value> = names
+    let data: Vec<Value> = routable_models(&entry.mesh.view())
         .into_iter()
         .map(|m| json!({"id": m, "object": "model", "owned_by": "closedmesh"}))
         .collect();
@@ -596,6 +976,25 @@ async fn models(State(entry): State<Arc<Entry>>) -> Json<Value> {
 
 async fn status(State(entry): State<Arc<Entry>>) -> Json<StatusPayload> {
     Json(entry.status())
+}
+
+async fn catalog(State(entry): State<Arc<Entry>>) -> Json<CatalogPayload> {
+    Json(entry.catalog())
+}
+
+async fn mesh_share(State(entry): State<Arc<Entry>>) -> Response<Body> {
+    match entry.share().await {
+        Some(s) => Json(s).into_response(),
+        None => service_unavailable(
+            "counter_store_unavailable",
+            "the mesh-share counter store did not answer".into(),
+        )
+        .into_response(),
+    }
+}
+
+async fn metrics_handler(State(entry): State<Arc<Entry>>) -> Response<Body> {
+    metrics::response(entry.metrics().await)
 }
 
 async fn not_found(uri: Uri) -> ApiError {

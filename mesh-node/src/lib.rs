@@ -13,6 +13,7 @@
 //!   [`tunnel`] and [`entry`] — takes an `Arc<dyn Transport>`.
 
 pub mod api;
+pub mod auth;
 pub mod backend;
 pub mod clock;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod dial;
 pub mod entry;
 pub mod error;
 pub mod facts;
+pub mod fallback;
 pub mod gguf;
 pub mod gossip_driver;
 pub mod http_serve;
@@ -30,13 +32,16 @@ pub mod launcher;
 pub mod local_status;
 pub mod logging;
 pub mod mesh;
+pub mod metrics;
 pub mod milestones;
 pub mod native;
+pub mod pages;
 pub mod pidfile;
 pub mod pipeline;
 pub mod proxy;
 pub mod rpc;
 pub mod serve;
+pub mod share_store;
 pub mod sse;
 pub mod status_cmd;
 pub mod supervise;
