@@ -58,7 +58,7 @@ async fn the_openai_sdk_reads_mesh_and_fallback_answers_alike() {
         memory_services(Some(fallback), 20),
     )
     .await;
-    wait_routable(&e, DAILY, Duration::from_secs(20)).await;
+    wait_routable(&e, DAILY, Duration::from_secs(60)).await;
     let (addr, _stop) = serve_tcp(entry::router(e.clone())).await;
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_client.py");

@@ -26,7 +26,7 @@ fn redis(server: &RedisServer, prefix: &str) -> StoreConfig {
 }
 
 async fn wait_total(a: &Accounting, total: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let s = a.snapshot().await.unwrap();
         if s.last_24h.total == total {

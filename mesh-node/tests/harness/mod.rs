@@ -88,6 +88,10 @@ pub enum ProviderMode {
     /// Streams [`provider_chunks`] (the first chunk at once, the rest after `gap`) or returns
     /// [`provider_json`].
     Answer { gap: Duration },
+    /// Streams the first chunk of [`provider_chunks`] at once and the rest only after
+    /// [`FakeProvider::release`]: a caller that reads the first chunk before the release proves
+    /// nothing between it and the provider buffers.
+    HoldAfterFirst,
     /// Answers with this status and an error body.
     Fail(StatusCode),
 }
@@ -96,6 +100,7 @@ pub enum ProviderMode {
 struct ProviderState {
     asked: Arc<Mutex<Vec<Asked>>>,
     mode: Arc<Mutex<ProviderMode>>,
+    release: Arc<tokio::sync::Semaphore>,
 }
 
 /// An OpenAI-compatible provider on loopback (`<base_url>/chat/completions`).
@@ -103,6 +108,7 @@ pub struct FakeProvider {
     pub base_url: String,
     pub asked: Arc<Mutex<Vec<Asked>>>,
     pub mode: Arc<Mutex<ProviderMode>>,
+    release: Arc<tokio::sync::Semaphore>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -119,6 +125,7 @@ impl FakeProvider {
             mode: Arc::new(Mutex::new(ProviderMode::Answer {
                 gap: Duration::from_millis(10),
             })),
+            release: Arc::new(tokio::sync::Semaphore::new(0)),
         };
         let app = Router::new()
             .route("/v1/chat/completions", route_post(provider_chat))
@@ -132,6 +139,7 @@ impl FakeProvider {
             base_url: format!("http://{addr}/v1"),
             asked: state.asked,
             mode: state.mode,
+            release: state.release,
             task,
         }
     }
@@ -142,6 +150,11 @@ impl FakeProvider {
 
     pub fn set_mode(&self, mode: ProviderMode) {
         *self.mode.lock().unwrap() = mode;
+    }
+
+    /// Lets one held stream ([`ProviderMode::HoldAfterFirst`]) send the rest of its chunks.
+    pub fn release(&self) {
+        self.release.add_permits(1);
     }
 }
 
@@ -166,11 +179,15 @@ async fn provider_chat(
             *r.status_mut() = status;
             return r;
         }
-        ProviderMode::Answer { gap } => gap,
+        ProviderMode::Answer { gap } => Some(gap),
+        ProviderMode::HoldAfterFirst => None,
     };
     let model = body["model"].as_str().unwrap_or_default().to_string();
     if body["stream"] == json!(true) {
-        sse_response(provider_chunks(&model), gap)
+        match gap {
+            Some(gap) => sse_response(provider_chunks(&model), gap),
+            None => held_sse_response(provider_chunks(&model), state.release.clone()),
+        }
     } else {
         let mut r = Response::new(Body::from(provider_json(&model).to_string()));
         r.headers_mut()
@@ -188,6 +205,23 @@ pub fn sse_response(chunks: Vec<String>, gap: Duration) -> Response<Body> {
             }
             Ok::<_, std::io::Error>(Bytes::from(c))
         });
+    let mut r = Response::new(Body::from_stream(stream));
+    r.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    r
+}
+
+/// A `text/event-stream` response: the first chunk at once, the rest once `release` has a permit.
+fn held_sse_response(chunks: Vec<String>, release: Arc<tokio::sync::Semaphore>) -> Response<Body> {
+    let stream = futures::stream::iter(chunks.into_iter().enumerate()).then(move |(i, c)| {
+        let release = release.clone();
+        async move {
+            if i == 1 {
+                release.acquire().await.unwrap().forget();
+            }
+            Ok::<_, std::io::Error>(Bytes::from(c))
+        }
+    });
     let mut r = Response::new(Body::from_stream(stream));
     r.headers_mut()
         .insert("content-type", "text/event-stream".parse().unwrap());
@@ -558,7 +592,7 @@ impl RedisServer {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("start redis-server");
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
             while std::time::Instant::now() < deadline {
                 if child.try_wait().unwrap().is_some() {
                     break; // the port was taken meanwhile: try another
@@ -600,7 +634,7 @@ impl RedisServer {
             req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
         }
         s.write_all(req.as_bytes()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut buf = [0u8; 4096];
         let n = s.read(&mut buf).unwrap();
         String::from_utf8_lossy(&buf[..n]).into_owned()
@@ -670,7 +704,7 @@ impl Browser {
         }))
         .unwrap();
         let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(90);
         let client = loop {
             match fantoccini::ClientBuilder::new(
                 hyper_util::client::legacy::connect::HttpConnector::new(),
