@@ -47,9 +47,7 @@ use mesh_core::invite::Invite;
 use mesh_core::peer::RttHint;
 use mesh_core::routing::{RouteConfig, Router};
 use mesh_core::samples::ModelSamples;
-use mesh_core::sla::{
-    EntrySamples, FallbackBudget, FallbackConfig, MeshShareCounters, SlaConfig, TierCatalog,
-};
+use mesh_core::sla::{EntrySamples, FallbackBudget, FallbackConfig, MeshShareCounters, SlaConfig};
 use mesh_core::verify::{AuditId, Auditor, Decode, ProbeFailed, Side};
 use mesh_core::{MeshView, PeerId, Timestamp};
 use net::Network;
@@ -530,17 +528,8 @@ impl<'a> World<'a> {
             });
         }
         let observer = sc.peers.iter().position(PeerSpec::is_entry);
-        let mut demand: BTreeMap<String, Demand> = BTreeMap::new();
-        for t in &sc.traffic {
-            let d = demand.entry(t.model.clone()).or_default();
-            d.clients += 1;
-            d.requests_per_min += t.rate_per_min;
-        }
-        let catalog = TierCatalog::with_overrides(
-            sc.models
-                .iter()
-                .filter_map(|m| m.tier.map(|t| (m.name.clone(), t))),
-        );
+        let demand = sc.demand();
+        let catalog = sc.tier_catalog();
         let mut gossip_config = mg::Config::default();
         let g = &sc.gossip;
         if let Some(v) = g.tick_s {

@@ -10,8 +10,10 @@ mod validate;
 pub use validate::{Entry, Problem, ProblemKind};
 
 use mesh_core::Backend;
-use mesh_core::sla::Tier;
+use mesh_core::election::Demand;
+use mesh_core::sla::{Tier, TierCatalog};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// One scenario file.
@@ -423,6 +425,27 @@ fn list(problems: &[Problem]) -> String {
 }
 
 impl Scenario {
+    /// The demand the traffic puts on each model, as both engines feed the election: each
+    /// traffic stream is one client at its rate.
+    pub fn demand(&self) -> BTreeMap<String, Demand> {
+        let mut demand: BTreeMap<String, Demand> = BTreeMap::new();
+        for t in &self.traffic {
+            let d = demand.entry(t.model.clone()).or_default();
+            d.clients += 1;
+            d.requests_per_min += t.rate_per_min;
+        }
+        demand
+    }
+
+    /// The tier catalog with the file's per-model `tier` overrides.
+    pub fn tier_catalog(&self) -> TierCatalog {
+        TierCatalog::with_overrides(
+            self.models
+                .iter()
+                .filter_map(|m| m.tier.map(|t| (m.name.clone(), t))),
+        )
+    }
+
     /// Reads, parses and validates a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {

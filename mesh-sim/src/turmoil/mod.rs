@@ -45,7 +45,7 @@ use links::LinkTable;
 use mesh_core::election::Demand;
 use mesh_core::gossip::{self as mg, SecretKey};
 use mesh_core::invite::{self, DEFAULT_TTL, Invite};
-use mesh_core::sla::{SlaConfig, TierCatalog};
+use mesh_core::sla::SlaConfig;
 use mesh_core::{PeerId, Timestamp};
 use mesh_node::mesh::MeshFile;
 use node::Snapshot;
@@ -263,17 +263,8 @@ impl Shared {
             keys.push(key);
         }
         let index = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-        let mut demand: BTreeMap<String, Demand> = BTreeMap::new();
-        for t in &sc.traffic {
-            let d = demand.entry(t.model.clone()).or_default();
-            d.clients += 1;
-            d.requests_per_min += t.rate_per_min;
-        }
-        let catalog = TierCatalog::with_overrides(
-            sc.models
-                .iter()
-                .filter_map(|m| m.tier.map(|t| (m.name.clone(), t))),
-        );
+        let demand = sc.demand();
+        let catalog = sc.tier_catalog();
         let mut gossip = mesh_node::mesh::node_gossip_config();
         let g = &sc.gossip;
         if let Some(v) = g.tick_s {
