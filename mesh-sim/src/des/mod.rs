@@ -167,8 +167,9 @@ enum GossipIn {
     ProbeResult { peer: PeerId, reachable: bool },
 }
 
+/// A peer's lifecycle in a run (both engines).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Life {
+pub(crate) enum Life {
     NotJoined,
     Up,
     Crashed,
@@ -176,7 +177,7 @@ enum Life {
 }
 
 impl Life {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Life::NotJoined => "not_joined",
             Life::Up => "up",

@@ -36,6 +36,7 @@ mod traffic;
 pub mod transport;
 
 use crate::check::{Checker, Liveness};
+pub(crate) use crate::des::Life;
 use crate::profile::{Model, PlacementKind};
 use crate::rng::SimRng;
 use crate::scenario::{EventKind, PeerSpec, Scenario};
@@ -165,25 +166,6 @@ pub(crate) fn sim_now() -> Duration {
 /// the discrete-event engine).
 pub(crate) fn stamp(d: Duration) -> Timestamp {
     Timestamp::from_micros(d.as_micros() as u64)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Life {
-    NotJoined,
-    Up,
-    Crashed,
-    Left,
-}
-
-impl Life {
-    fn as_str(self) -> &'static str {
-        match self {
-            Life::NotJoined => "not_joined",
-            Life::Up => "up",
-            Life::Crashed => "crashed",
-            Life::Left => "left",
-        }
-    }
 }
 
 pub(crate) struct ModelInfo {
