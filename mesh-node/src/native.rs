@@ -433,6 +433,27 @@ pub async fn run_probe(
     })
 }
 
+/// Reads a streamed chat answer to its end into a [`Decode`]: the content text and, when the
+/// request asked for `logprobs`, each token with its candidates. The one reading of answers that
+/// baselines (the fixed probe) and the entry's audits (fresh probes, either side) share.
+pub async fn read_decode<B>(mut body: B) -> Result<Decode, ProbeFailed>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut decoder = DecodeReader::default();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ProbeFailed {
+            reason: format!("the answer broke off: {e}"),
+        })?;
+        if let Some(data) = frame.data_ref() {
+            decoder.push(data);
+        }
+    }
+    decoder.finish();
+    Ok(decoder.decode)
+}
+
 /// The proxy's timing rules for one response (see `proxy::Tracker`): the first and last frame
 /// that carried content, the usage tail, and the counted deltas.
 struct ProbeTiming {
