@@ -27,7 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Contribute: run models (llama-server) and serve them through this node's API.
     Serve(ServeArgs),
-    /// Public entry: no local model; routes chats to the mesh's hosts.
+    /// Public entry: routes chats to the mesh's hosts (SLA gate, fallback) and audits them;
+    /// with `--model` it also serves models itself.
     Entry(EntryArgs),
     /// Mint an invite for this node's mesh (reads the node's data dir).
     Invite(InviteArgs),
@@ -108,6 +109,33 @@ pub struct EntryArgs {
     /// `Authorization: Bearer` (or set CLOSEDMESH_API_KEYS) [default: open].
     #[arg(long, env = "CLOSEDMESH_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
+    /// GGUF model file(s) the entry also serves itself, as `serve` does (repeat the flag or
+    /// list several); its own llama-server is then the ground truth of its audits
+    /// [default: none].
+    #[arg(long = "model", value_name = "FILE.gguf", num_args = 1.., env = "CLOSEDMESH_ENTRY_MODEL", value_delimiter = ',')]
+    pub models: Vec<PathBuf>,
+    /// llama-server binary, when the entry serves models [default: `llama-server` on PATH].
+    #[arg(long, env = "CLOSEDMESH_LLAMA_SERVER")]
+    pub llama_server: Option<PathBuf>,
+    /// rpc-server binary, when the entry serves models [default: on PATH, if any].
+    #[arg(long, env = "CLOSEDMESH_RPC_SERVER")]
+    pub rpc_server: Option<PathBuf>,
+    /// CPU threads for the entry's own llama-server (`-t`).
+    #[arg(long, env = "CLOSEDMESH_LLAMA_THREADS")]
+    pub llama_threads: Option<u32>,
+    /// Cap on the fast memory the entry advertises when it serves models, in GB.
+    #[arg(long, env = "CLOSEDMESH_MAX_VRAM_GB")]
+    pub max_vram_gb: Option<f64>,
+    /// Seconds the entry's own llama-server settles before its native baseline [default: 30].
+    #[arg(long, env = "CLOSEDMESH_BASELINE_SETTLE_S")]
+    pub baseline_settle_s: Option<f64>,
+    /// Mean seconds between two audits of a (peer, model) pair (SPEC §7) [default: 60].
+    #[arg(long, env = "CLOSEDMESH_AUDIT_INTERVAL_S")]
+    pub audit_interval_s: Option<f64>,
+    /// `observe` (verdicts logged and shown in /api/status) or `enforce` (2 consecutive
+    /// mismatches take a (peer, model) out of rotation for 15 min) [default: observe].
+    #[arg(long, env = "CLOSEDMESH_VERIFY_MODE", value_parser = crate::audit::parse_mode)]
+    pub verify_mode: Option<mesh_core::status::VerifyMode>,
     /// TOML file with any of the settings above (keys in snake_case).
     #[arg(long, env = "CLOSEDMESH_CONFIG")]
     pub config: Option<PathBuf>,
@@ -280,7 +308,7 @@ pub fn default_data_dir() -> anyhow::Result<PathBuf> {
     Ok(Path::new(&home).join(".closedmesh"))
 }
 
-fn find_on_path(names: &[&str]) -> Option<PathBuf> {
+pub(crate) fn find_on_path(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .flat_map(|dir| names.iter().map(move |n| dir.join(n)))

@@ -1,4 +1,4 @@
-//! `mesh-node entry`: the public API of the mesh, with no local model.
+//! `mesh-node entry`: the public API of the mesh, its audit loop, and optionally a host too.
 //!
 //! A chat for a model goes through mesh-core's SLA gate ([`sla::evaluate`], with this entry's own
 //! per-(peer, model) measurements preferred), its fallback decision, and then mesh-core's routing
@@ -22,22 +22,29 @@
 //! open: `GET /v1/models`, `/api/status`, `/api/models`, `/api/mesh-share`, `/metrics`,
 //! `/status`, `/dashboard`.
 
-use crate::api::read_body;
+use crate::api::{NodeApi, read_body};
+use crate::audit::{self, EntryAudit, ProbeFuture, ProbeSides};
 use crate::auth::{self, ApiKeys, KeyGuard};
+use crate::backend::BackendState;
 use crate::clock::Clock;
-use crate::config::{DEFAULT_API_ADDR, EntryArgs, RelayMode, default_data_dir};
+use crate::config::{DEFAULT_API_ADDR, EntryArgs, RelayMode, default_data_dir, find_on_path};
+use crate::dial::{BoxIo, Dial, Upstream};
 use crate::error::ApiError;
 use crate::fallback::{FallbackFile, OpenAiProvider, ProviderSettings};
 use crate::mesh::{ContentSource, Mesh, MeshOptions, os_seed, read_invite};
 use crate::metrics::{self, ChatCounters, OTHER_MODEL, Scrape};
 use crate::milestones::Milestones;
+use crate::native;
 use crate::pages::{self, PageSource};
 use crate::proxy::{ChatProxy, Recorder, RecorderEvent};
+use crate::serve::{Hosting, HostingConfig};
 use crate::share_store::{Accounting, ShareSnapshot, StoreConfig};
 use crate::transport::iroh::IrohTransport;
+use crate::transport::{Inbound, StreamKind};
+use crate::tunnel::TunnelListener;
 use crate::tunnel::peer_upstream;
 use crate::{device, http_serve, identity};
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, Response, StatusCode, Uri};
@@ -56,9 +63,11 @@ use mesh_core::sla::{
     self, BudgetLeft, EntrySamples, Evaluation, FallbackConfig, FallbackDecision, FallbackTrigger,
     OverBudget, ServedBy, SlaConfig, TierTargets,
 };
+use mesh_core::status::VerifyMode;
 use mesh_core::status::{
     CatalogPayload, LocalFacts, StatusPayload, catalog_payload, status_payload,
 };
+use mesh_core::verify::{AuditConfig, AuditConfigError, AuditProbe, ProbeFailed};
 use mesh_core::{MeshView, PeerId, Timestamp};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -71,6 +80,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 
 /// The `--config` TOML file of an entry.
 #[derive(Debug, Default, Deserialize)]
@@ -97,6 +107,17 @@ pub struct EntryFile {
     pub api_keys_file: Option<PathBuf>,
     /// The `/api/chat` default when it is a served daily-driver (an operator pin).
     pub default_model: Option<String>,
+    /// GGUF files the entry also serves itself (see `--model`).
+    pub models: Option<Vec<PathBuf>>,
+    pub llama_server: Option<PathBuf>,
+    pub rpc_server: Option<PathBuf>,
+    pub llama_threads: Option<u32>,
+    pub max_vram_gb: Option<f64>,
+    pub baseline_settle_s: Option<f64>,
+    /// Mean seconds between audits.
+    pub audit_interval_s: Option<f64>,
+    /// `observe` | `enforce`.
+    pub verify_mode: Option<VerifyMode>,
 }
 
 /// The Redis key prefix unless configured.
@@ -113,6 +134,10 @@ pub struct EntryConfig {
     pub provider: ProviderSettings,
     /// Where mesh-share counters (and, with Redis, budgets) are kept.
     pub store: StoreConfig,
+    /// The models the entry also serves, and how (`None`: it serves none).
+    pub hosting: Option<HostingConfig>,
+    /// The audit loop's configuration (SPEC §7).
+    pub audit: AuditConfig,
 }
 
 impl EntryConfig {
@@ -161,13 +186,66 @@ impl EntryConfig {
                 data_dir: data_dir.clone(),
             },
         };
+        let models = if args.models.is_empty() {
+            file.models.unwrap_or_default()
+        } else {
+            args.models
+        };
+        let api_addr = args.api_addr.or(file.api_addr).unwrap_or_else(|| {
+            DEFAULT_API_ADDR
+                .parse()
+                .expect("the default address parses")
+        });
+        let hosting = if models.is_empty() {
+            None
+        } else {
+            let llama_server = match args.llama_server.or(file.llama_server) {
+                Some(p) => p,
+                None => find_on_path(&["llama-server"]).context(
+                    "llama-server not found (the entry serves --model): pass --llama-server PATH, \
+                     set CLOSEDMESH_LLAMA_SERVER, or run scripts/setup-real-parts.sh",
+                )?,
+            };
+            let baseline_settle = match args.baseline_settle_s.or(file.baseline_settle_s) {
+                None => mesh_core::baseline::SETTLE,
+                Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
+                Some(s) => bail!("--baseline-settle-s must be a non-negative number, got {s}"),
+            };
+            let max_vram_gb = args.max_vram_gb.or(file.max_vram_gb);
+            if let Some(gb) = max_vram_gb
+                && !(gb.is_finite() && gb >= 0.0)
+            {
+                bail!("--max-vram-gb must be a non-negative number, got {gb}");
+            }
+            Some(HostingConfig {
+                models,
+                data_dir: data_dir.clone(),
+                api_port: api_addr.port(),
+                max_vram_gb,
+                llama_server,
+                rpc_server: args
+                    .rpc_server
+                    .or(file.rpc_server)
+                    .or_else(|| find_on_path(&["rpc-server", "ggml-rpc-server"])),
+                llama_threads: args.llama_threads.or(file.llama_threads),
+                first_byte_timeout: crate::proxy::DEFAULT_FIRST_BYTE_TIMEOUT,
+                baseline_settle,
+            })
+        };
+        let mut audit = AuditConfig::default();
+        match args.audit_interval_s.or(file.audit_interval_s) {
+            None => {}
+            Some(s) if s.is_finite() && s > 0.0 => audit.interval = Duration::from_secs_f64(s),
+            Some(s) => bail!("--audit-interval-s must be a positive number, got {s}"),
+        }
+        if let Some(mode) = args.verify_mode.or(file.verify_mode) {
+            audit.enforcement.mode = mode;
+        }
         Ok(EntryConfig {
+            hosting,
+            audit,
             join: args.join.or(file.join),
-            api_addr: args.api_addr.or(file.api_addr).unwrap_or_else(|| {
-                DEFAULT_API_ADDR
-                    .parse()
-                    .expect("the default address parses")
-            }),
+            api_addr,
             data_dir,
             relay: args.relay.or(file.relay).unwrap_or(RelayMode::Default),
             settings: EntrySettings {
@@ -194,26 +272,39 @@ pub async fn run(cfg: EntryConfig, shutdown: impl Future<Output = ()>) -> anyhow
         .context("--join")?;
     let identity = identity::load_or_create(&cfg.data_dir)
         .with_context(|| format!("node key in {}", cfg.data_dir.display()))?;
-    let transport = IrohTransport::bind_node(identity.secret, cfg.relay.clone()).await?;
     let me = identity.peer_id;
+    // An entry that serves models is a host like `serve`'s, with the same supervised
+    // llama-servers; its announcement is a host's (plus the demand it measures).
+    let hosting = match cfg.hosting.clone() {
+        Some(h) => Some(Hosting::prepare(h, me).await?),
+        None => None,
+    };
+    let clock = hosting.as_ref().map_or_else(Clock::system, Hosting::clock);
+    let transport = IrohTransport::bind_node(identity.secret, cfg.relay.clone()).await?;
     let hostname = device::hostname();
     // The entry exists only once the mesh does; until then it has routed nothing.
     let entry_slot: Arc<OnceLock<Arc<Entry>>> = Arc::default();
     let content: ContentSource = {
         let entry_slot = entry_slot.clone();
-        let clock = Clock::system();
+        let own: Box<dyn Fn() -> PeerAnnouncement + Send + Sync> = match &hosting {
+            Some(h) => Box::new(h.announcer()),
+            None => Box::new(move || {
+                let mut a = PeerAnnouncement::new(me, String::new(), Role::Client);
+                a.hostname.clone_from(&hostname);
+                a
+            }),
+        };
         Arc::new(move || {
-            let mut a = PeerAnnouncement::new(me, String::new(), Role::Client);
-            a.hostname.clone_from(&hostname);
+            let mut a = own();
             if let Some(entry) = entry_slot.get() {
                 a.demand = entry.demand(clock.now());
             }
             a
         })
     };
-    let (mesh, _tunnels) = Mesh::start(
+    let (mesh, tunnels) = Mesh::start(
         Arc::new(transport),
-        Clock::system(),
+        clock,
         identity.secret,
         MeshOptions::new(&cfg.data_dir, join, os_seed()?),
         content,
@@ -255,11 +346,35 @@ pub async fn run(cfg: EntryConfig, shutdown: impl Future<Output = ()>) -> anyhow
     let listener = TcpListener::bind(cfg.api_addr)
         .await
         .with_context(|| format!("binding the API to {}", cfg.api_addr))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let running = match hosting {
+        Some(h) => {
+            let running = h.start(&mesh, tunnels, stop_rx.clone()).await?;
+            entry.serve_locally(running.api.clone(), stop_rx.clone());
+            Some(running)
+        }
+        None => {
+            drop(tunnels);
+            None
+        }
+    };
+    let audit = entry
+        .start_audit(cfg.audit, os_seed()?, stop_rx.clone())
+        .context("the audit configuration")?;
+    tracing::info!(
+        mode = ?audit.mode(),
+        serves = running.is_some(),
+        "audit loop running"
+    );
     tracing::info!(addr = %listener.local_addr()?, node_id = %me, "entry API listening");
     http_serve::serve(http_serve::nodelay(listener), router(entry), shutdown).await;
     tracing::info!("shutting down: leaving the mesh");
     accounting.flush().await;
     mesh.shutdown().await;
+    let _ = stop_tx.send(true);
+    if let Some(r) = running {
+        r.stopped().await;
+    }
     Ok(())
 }
 
@@ -330,6 +445,48 @@ pub struct Entry {
     proxies: Mutex<BTreeMap<PeerId, ChatProxy>>,
     /// The chats this entry routed lately, announced so the mesh can add hosts under demand.
     demand: Arc<Mutex<DemandMeter>>,
+    /// This node's own API, when the entry also serves models ([`Entry::serve_locally`]).
+    local: OnceLock<LocalHost>,
+    /// The audit loop's state ([`Entry::start_audit`]).
+    audit: OnceLock<Arc<EntryAudit>>,
+}
+
+/// The entry's own host side: its API, reached in-process as chats to other hosts are reached
+/// through tunnels (the same router, backend proxy and samples).
+struct LocalHost {
+    api: Arc<NodeApi>,
+    upstream: Upstream,
+}
+
+/// Opens in-process HTTP streams to this node's own API (served on a [`TunnelListener`]).
+struct LocalDialer {
+    me: PeerId,
+    streams: mpsc::Sender<Inbound>,
+}
+
+impl Dial for LocalDialer {
+    fn dial(&self) -> BoxFuture<'static, std::io::Result<BoxIo>> {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let (me, streams) = (self.me, self.streams.clone());
+        Box::pin(async move {
+            let inbound = Inbound {
+                peer: me,
+                kind: StreamKind::Http,
+                stream: Box::new(theirs),
+            };
+            streams.send(inbound).await.map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "this node's own API has stopped",
+                )
+            })?;
+            Ok(Box::new(ours) as BoxIo)
+        })
+    }
+
+    fn authority(&self) -> String {
+        format!("{}.closedmesh", self.me.short())
+    }
 }
 
 impl std::fmt::Debug for Entry {
@@ -393,7 +550,72 @@ impl Entry {
             samples: Arc::default(),
             proxies: Mutex::default(),
             demand: Arc::default(),
+            local: OnceLock::new(),
+            audit: OnceLock::new(),
         })
+    }
+
+    /// Makes this entry a host too: chats it routes to itself reach `api` (its backend proxy and
+    /// llama-servers) in-process, its status shows its own measurements, and its audits take
+    /// `api`'s llama-servers as ground truth. Once; later calls are ignored.
+    pub fn serve_locally(&self, api: Arc<NodeApi>, stop: watch::Receiver<bool>) {
+        let me = self.mesh.me();
+        let (tx, rx) = mpsc::channel(64);
+        let upstream = Upstream::new(Arc::new(LocalDialer { me, streams: tx }), None);
+        if self
+            .local
+            .set(LocalHost {
+                api: api.clone(),
+                upstream,
+            })
+            .is_err()
+        {
+            return;
+        }
+        tokio::spawn(http_serve::serve(
+            TunnelListener::new(rx, me),
+            crate::api::router(api),
+            async move {
+                let mut stop = stop;
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
+    }
+
+    /// Starts the audit loop (SPEC §7) with `config`, its choices seeded by `seed`; it runs
+    /// until `stop` turns true. Once: a second call returns the running one.
+    pub fn start_audit(
+        self: &Arc<Self>,
+        config: AuditConfig,
+        seed: u64,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Arc<EntryAudit>, AuditConfigError> {
+        if let Some(a) = self.audit.get() {
+            return Ok(a.clone());
+        }
+        let audit = EntryAudit::new(self.mesh.me(), config, seed, self.clock.now())?;
+        let audit = self.audit.get_or_init(|| audit).clone();
+        let sides: Arc<dyn ProbeSides> = Arc::new(EntrySides(self.clone()));
+        tokio::spawn(audit::run(audit.clone(), sides, self.clock, stop));
+        Ok(audit)
+    }
+
+    /// The audit loop's state, once started.
+    pub fn audit(&self) -> Option<&Arc<EntryAudit>> {
+        self.audit.get()
+    }
+
+    /// This node's own numbers (its hosting side's, when it serves) and audit verdicts.
+    fn local_facts(&self, view: &MeshView) -> LocalFacts {
+        let mut facts = match self.local.get() {
+            Some(l) => l.api.measurements.facts(l.api.proxy.recorder()),
+            None => LocalFacts::default(),
+        };
+        facts.inflight_requests = facts.inflight_requests.max(self.inflight());
+        if let Some(a) = self.audit.get() {
+            facts.verify = a.verify(view);
+        }
+        facts
     }
 
     /// The demand this entry measured, per model, at `now` (what its announcement carries).
@@ -407,14 +629,12 @@ impl Entry {
 
     /// `/api/models`: the catalog as this entry sees the mesh, with its first-serve milestones.
     pub fn catalog(&self) -> CatalogPayload {
+        let view = self.mesh.view();
         let facts = LocalFacts {
-            inflight_requests: self.inflight(),
             first_served_unix_secs: self.milestones.first_served(),
-            ..LocalFacts::default()
+            ..self.local_facts(&view)
         };
-        catalog_payload(&self.mesh.view(), &facts, &|m| {
-            self.settings.sla.catalog.tier_of(m)
-        })
+        catalog_payload(&view, &facts, &|m| self.settings.sla.catalog.tier_of(m))
     }
 
     /// `/api/mesh-share`; `None` (logged) when the store does not answer.
@@ -466,11 +686,9 @@ impl Entry {
 
     /// `/api/status`: every peer of the mesh as this entry sees it.
     pub fn status(&self) -> StatusPayload {
-        let local = LocalFacts {
-            inflight_requests: self.inflight(),
-            ..LocalFacts::default()
-        };
-        status_payload(&self.mesh.view(), &local)
+        let view = self.mesh.view();
+        let local = self.local_facts(&view);
+        status_payload(&view, &local)
             .expect("a mesh view always holds this node's own announcement")
     }
 
@@ -511,6 +729,15 @@ impl Entry {
                 ChatProxy::new(recorder).with_first_byte_timeout(self.settings.first_byte_timeout)
             })
             .clone()
+    }
+
+    /// How a chat reaches `peer`: its API through the mesh, or this node's own in-process
+    /// (`None`: this node, serving nothing locally).
+    fn upstream_of(&self, peer: PeerId) -> Option<Upstream> {
+        if peer == self.mesh.me() {
+            return self.local.get().map(|l| l.upstream.clone());
+        }
+        Some(peer_upstream(self.mesh.transport().clone(), peer))
     }
 
     /// Routes one chat (the caller's JSON object) for `model`, and counts it.
@@ -600,18 +827,35 @@ impl Entry {
         }
 
         let key = request_key(model, &request);
-        let order = lock(&self.router).order(model, view, &key, now);
+        let mut order = lock(&self.router).order(model, view, &key, now);
+        // Enforce mode: pairs the audits demoted leave the order, but (mesh-core's routing rule
+        // for demotions) never the last target of a model.
+        if let Some(a) = self.audit.get() {
+            let kept: Vec<PeerId> = order
+                .iter()
+                .filter(|p| !a.is_demoted(p, model, now))
+                .copied()
+                .collect();
+            if !kept.is_empty() {
+                order = kept;
+            }
+        }
         if order.is_empty() {
             let err = no_target(model, view, &self.mesh.election().borrow().plans);
             tracing::info!(model, reason = err.reason_code, "chat has no target");
             return Routed::mesh(err.into_response(), decision, None);
         }
-        let transport = self.mesh.transport().clone();
         let mut tried = Vec::new();
         while let Some(peer) = next_attempt(&order, &tried) {
             tried.push(peer);
             lock(&self.router).started(peer);
-            let upstream = peer_upstream(transport.clone(), peer);
+            let upstream = match self.upstream_of(peer) {
+                Some(u) => u,
+                None => {
+                    lock(&self.router).finished(peer);
+                    continue;
+                }
+            };
             let resp = self
                 .proxy_for(peer)
                 .chat(model, &upstream, request.clone())
@@ -658,6 +902,50 @@ impl Entry {
             tried.len()
         ));
         Routed::mesh(err.into_response(), after, None)
+    }
+}
+
+/// The audit loop's two sides, as this entry reaches them.
+struct EntrySides(Arc<Entry>);
+
+impl ProbeSides for EntrySides {
+    fn own_server(&self, model: &str) -> Option<Upstream> {
+        let local = self.0.local.get()?;
+        match local.api.backends.get(model)?.state {
+            BackendState::Ready(upstream) => Some(upstream),
+            _ => None,
+        }
+    }
+
+    fn send_to_peer(&self, peer: PeerId, model: &str, probe: &AuditProbe) -> ProbeFuture {
+        let entry = self.0.clone();
+        let model = model.to_string();
+        let request = match probe.body(&model) {
+            Value::Object(m) => m,
+            _ => unreachable!("a probe body is a JSON object"),
+        };
+        Box::pin(async move {
+            let upstream = entry.upstream_of(peer).ok_or_else(|| ProbeFailed {
+                reason: "no way to reach the peer".into(),
+            })?;
+            // The same proxy, tunnel and request shape as a routed chat, and the same load count.
+            lock(&entry.router).started(peer);
+            let resp = entry.proxy_for(peer).chat(&model, &upstream, request).await;
+            let status = resp.status();
+            let answer = if status.is_success() {
+                native::read_decode(resp.into_body()).await
+            } else {
+                Err(ProbeFailed {
+                    reason: format!("the peer answered {status}"),
+                })
+            };
+            lock(&entry.router).finished(peer);
+            answer
+        })
+    }
+
+    fn view(&self) -> MeshView {
+        self.0.mesh.view()
     }
 }
 

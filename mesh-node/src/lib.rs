@@ -13,6 +13,7 @@
 //!   [`tunnel`] and [`entry`] — takes an `Arc<dyn Transport>`.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod clock;
