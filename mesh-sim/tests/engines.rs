@@ -1,13 +1,15 @@
 //! Both engines on the shipped replays: the turmoil engine (mesh-node's real driver, entry and
 //! proxy over a transport on turmoil TCP, simulated llama-servers) and the discrete-event engine
 //! (mesh-core driven directly) reach the same decisions — plan, hosts, split group, serving_mode
-//! per peer, SLA status and tier — and each engine is deterministic.
+//! per peer, SLA status and tier, and the verdict class (match / mismatch / inconclusive / none)
+//! per audited (peer, model) — and each engine is deterministic.
+//!
+//! The seven `dishonest-*` replays run under both: their entry also serves both models
+//! (`mesh-node entry --model`, its own llama-servers are the audits' ground truth) and runs
+//! mesh-node's audit loop, with the simulated llama-servers answering as each behaviour says.
 //!
 //! Replays the turmoil engine does not run, and why (each is listed in [`NOT_UNDER_TURMOIL`] and
 //! checked to be every shipped replay not in [`BOTH_ENGINES`]):
-//! - the seven `dishonest-*` replays: their entry also serves models and audits its peers.
-//!   mesh-node's entry is "the public API of the mesh, with no local model" and has no audit loop
-//!   yet, so under turmoil the entry's own models get no traffic and no verdict is ever reached.
 //! - `gossip-100-peers`: 103 peers, above the turmoil engine's limit (its step cost grows with
 //!   the cube of the peer count); it is refused with a message naming `--engine des`.
 //! - `crash-host-failover`: both engines remove the killed host within 5 s and serve on, but
@@ -29,10 +31,6 @@ const BOTH_ENGINES: &[&str] = &[
     "phantom-split-standby.toml",
     "m3pro-fitt-misconfig.toml",
     "partition-heal.toml",
-];
-
-/// Replays only the discrete-event engine runs (see the module docs for why).
-const NOT_UNDER_TURMOIL: &[&str] = &[
     "dishonest-canned-text.toml",
     "dishonest-cheaper-quant.toml",
     "dishonest-inflate-memory.toml",
@@ -40,9 +38,10 @@ const NOT_UNDER_TURMOIL: &[&str] = &[
     "dishonest-probe-aware.toml",
     "dishonest-replay-fingerprint.toml",
     "dishonest-smaller-model.toml",
-    "gossip-100-peers.toml",
-    "crash-host-failover.toml",
 ];
+
+/// Replays only the discrete-event engine runs (see the module docs for why).
+const NOT_UNDER_TURMOIL: &[&str] = &["gossip-100-peers.toml", "crash-host-failover.toml"];
 
 fn load(name: &str) -> Scenario {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -91,7 +90,21 @@ fn decisions(r: &Report) -> BTreeMap<String, Decisions> {
         .collect()
 }
 
-fn agree(file: &str) {
+/// The verdict class (match / mismatch / inconclusive) each decided (peer, model) ended with.
+/// Pairs audited without a decision are left out: whether a slow peer's fingerprint-mode audit
+/// was even attempted depends on when its native baseline landed, which the engines time
+/// differently (the real collector discards a probe that overlapped a chat).
+fn verdicts(r: &Report) -> BTreeMap<(String, String), String> {
+    r.verification
+        .iter()
+        .filter_map(|v| {
+            let verdict = v.verdict?;
+            Some(((v.peer.clone(), v.model.clone()), format!("{verdict:?}")))
+        })
+        .collect()
+}
+
+fn agree(file: &str) -> (Report, Report) {
     let s = load(file);
     let des = run(&s, Engine::Des);
     let tur = run(&s, Engine::Turmoil);
@@ -109,6 +122,13 @@ fn agree(file: &str) {
         tur.checks.first
     );
     assert!(tur.requests.mesh > 0, "{file}: {:?}", tur.requests);
+    assert_eq!(
+        verdicts(&des),
+        verdicts(&tur),
+        "{file}, seed {}: verdicts, des left, turmoil right",
+        s.seed
+    );
+    (des, tur)
 }
 
 #[test]
@@ -133,6 +153,71 @@ fn both_engines_agree_on_the_split_replays() {
 fn both_engines_agree_on_the_standby_and_partition_replays() {
     for file in ["phantom-split-standby.toml", "partition-heal.toml"] {
         agree(file);
+    }
+}
+
+/// A dishonest replay under both engines: the same verdicts, the cheat's as expected, the
+/// honest Mac (another backend than the entry's) matched, and the turmoil entry's audits went
+/// through mesh-node's loop to both peers.
+fn dishonest(file: &str, cheat: &str, expected: &str) -> Report {
+    let (_, tur) = agree(file);
+    let v = verdicts(&tur);
+    let model_of = |peer: &str| {
+        tur.verification
+            .iter()
+            .find(|r| r.peer == peer)
+            .map(|r| r.model.clone())
+            .unwrap_or_else(|| panic!("{file}: {peer} was never audited: {:?}", tur.verification))
+    };
+    assert_eq!(
+        v.get(&(cheat.to_string(), model_of(cheat)))
+            .map(String::as_str),
+        Some(expected),
+        "{file}: {:?}",
+        tur.verification
+    );
+    assert_eq!(
+        v.get(&("mac-honest".to_string(), model_of("mac-honest")))
+            .map(String::as_str),
+        Some("Match"),
+        "{file}: {:?}",
+        tur.verification
+    );
+    tur
+}
+
+#[test]
+fn both_engines_agree_on_the_dishonest_replays_that_cheat_on_answers() {
+    for (file, cheat) in [
+        ("dishonest-cheaper-quant.toml", "cheaper-quant"),
+        ("dishonest-smaller-model.toml", "smaller-model"),
+        ("dishonest-canned-text.toml", "canned-text"),
+    ] {
+        dishonest(file, cheat, "Mismatch");
+    }
+}
+
+#[test]
+fn both_engines_agree_on_the_dishonest_replays_that_hide_from_probes() {
+    dishonest(
+        "dishonest-replay-fingerprint.toml",
+        "replay-fingerprint",
+        "Mismatch",
+    );
+    let tur = dishonest("dishonest-probe-aware.toml", "probe-aware", "Mismatch");
+    // The audit loop's probes, answers and verdicts keep the turmoil report byte-deterministic.
+    let again = run(&load("dishonest-probe-aware.toml"), Engine::Turmoil);
+    assert_eq!(tur.to_json(), again.to_json());
+}
+
+#[test]
+fn both_engines_agree_on_the_dishonest_replays_that_inflate_what_they_announce() {
+    // Inflated memory or timings is not a model cheat: the audits match them.
+    for (file, cheat) in [
+        ("dishonest-inflate-memory.toml", "inflate-memory"),
+        ("dishonest-inflate-timings.toml", "inflate-timings"),
+    ] {
+        dishonest(file, cheat, "Match");
     }
 }
 

@@ -17,10 +17,15 @@
 //! baseline seeds, llama-server jitter, traffic, and turmoil's own generator — and the whole
 //! world runs on one thread (each host's runtime is a current-thread runtime stepped in turn).
 //!
-//! **What it cannot run** (the discrete-event engine runs these): an entry that also serves
-//! models (mesh-node's entry has no local model: its own backends get no traffic) or audits its
-//! peers (mesh-node has no audit loop yet), so the `dishonest-*` replays reach no verdicts here;
-//! scenarios above [`MAX_PEERS`] peers. `tests/engines.rs` lists every replay by engine.
+//! **Entries** run mesh-node's [`Entry`](mesh_node::entry::Entry) as `mesh-node entry` does:
+//! an entry that also serves models routes chats to itself in-process and announces the demand
+//! it measures, and its audit loop ([`mesh_node::audit`]) probes its peers through the chat path
+//! with its own simulated llama-server as ground truth; each peer's simulated server answers as
+//! its behaviour says ([`crate::decode`]). Verdicts go to the checkers as they happen and to the
+//! report from the entry's tally and `verify_by_model`.
+//!
+//! **What it cannot run** (the discrete-event engine runs these): scenarios above [`MAX_PEERS`]
+//! peers. `tests/engines.rs` lists every replay by engine.
 //!
 //! **Scale**: turmoil steps every host each tick and visits every link of every host, so a step
 //! costs O(hosts × links) = O(n³) and a virtual hour is 3.6 million steps at the 1 ms tick.
@@ -183,8 +188,8 @@ pub(crate) struct Shared {
     pub keys: Vec<[u8; 32]>,
     pub index: BTreeMap<PeerId, usize>,
     pub links: Mutex<LinkTable>,
-    /// What the election weighs: the scenario's traffic per model (as in the discrete-event
-    /// engine; a node does not measure demand yet).
+    /// What the report's plan weighs: the scenario's traffic per model (as in the discrete-event
+    /// engine). The nodes' own elections weigh the demand entries measure and announce.
     pub demand: BTreeMap<String, Demand>,
     pub sla: SlaConfig,
     pub gossip: mg::Config,

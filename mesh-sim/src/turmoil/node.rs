@@ -6,7 +6,8 @@
 //! Real mesh-node code: [`Mesh`] (gossip driver, membership, election), the tunnel
 //! ([`TunnelListener`] serving [`api::router`] with the backend [`ChatProxy`] and its
 //! [`Recorder`]), the native-baseline collector ([`native::run`]), the first-serve milestones,
-//! [`own_announcement`], and for entries [`Entry`] (SLA gate, fallback decision, router) on
+//! [`own_announcement`], and for entries [`Entry`] (SLA gate, fallback decision, router, the
+//! demand it announces, the audit loop, and — for an entry that serves — chats to itself) on
 //! [`entry::router`]. Simulated here: what the process supervisors do (start a llama-server for
 //! each solo or split-host duty, poll its `/health`, mark it routable) and the split workers'
 //! rpc-servers (an RPC tunnel stream each worker holds open while the election wants it; when it
@@ -16,6 +17,7 @@ use super::llama::{self, LlamaConfig, LlamaServer};
 use super::net::{API_PORT, Listener, loopback_upstream};
 use super::transport::{Links, SimTransport};
 use super::{Shared, lock, sim_now, stamp};
+use crate::decode;
 use crate::profile::{self, Device, PlacementKind, Serving};
 use crate::rng::SimRng;
 use crate::scenario::Behaviour;
@@ -28,8 +30,11 @@ use mesh_core::peer::{NativeBaseline, PeerAnnouncement, Role, RttHint, RunningPi
 use mesh_core::samples::Summary;
 use mesh_core::sla::{self, EntryMeasurements, Evaluation, FallbackConfig, FallbackDecision};
 use mesh_core::status::StatusPayload;
-use mesh_core::{MeshView, PeerId};
+use mesh_core::status::{ByModel, VerifyEntry, VerifyVerdict};
+use mesh_core::verify::{AuditConfig, AuditOutput};
+use mesh_core::{Backend, MeshView, PeerId};
 use mesh_node::api::{self, NodeApi};
+use mesh_node::audit::AuditTally;
 use mesh_node::backend::{BackendState, Backends};
 use mesh_node::clock::Clock;
 use mesh_node::dial::{BoxIo, Upstream};
@@ -46,10 +51,10 @@ use mesh_node::tunnel::TunnelListener;
 use mesh_node::{http_serve, rpc};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// How much more fast memory than it has an `inflate_memory` peer announces.
@@ -95,6 +100,9 @@ pub(crate) struct EntrySnapshot {
     pub measurements: EntryMeasurements,
     /// The SLA gate's evaluation of every scenario model, as a chat now would get it.
     pub sla: BTreeMap<String, Evaluation>,
+    /// What its audit loop did per (peer, model), and the `verify_by_model` rows it shows.
+    pub audits: BTreeMap<(PeerId, String), AuditTally>,
+    pub verify: BTreeMap<PeerId, ByModel<VerifyEntry>>,
 }
 
 struct NodeLinks {
@@ -160,7 +168,10 @@ pub(crate) async fn software(sh: Arc<Shared>, p: usize) -> anyhow::Result<()> {
         http_port: API_PORT,
     };
     let pipelines: Arc<Mutex<BTreeMap<String, RunningPipeline>>> = Arc::default();
+    // An entry announces the demand it measures (as `mesh-node entry` does) once it exists.
+    let entry_slot: Arc<OnceLock<Arc<Entry>>> = Arc::default();
     let content: ContentSource = if spec.contributes() {
+        let entry_slot = entry_slot.clone();
         let (info, backends, recorder) = (info.clone(), backends.clone(), recorder.clone());
         let (measurements, pipelines) = (measurements.clone(), pipelines.clone());
         let (sh, transport, spec) = (sh.clone(), transport.clone(), spec.clone());
@@ -185,13 +196,20 @@ pub(crate) async fn software(sh: Arc<Shared>, p: usize) -> anyhow::Result<()> {
                     t.ttft_ms_p50 /= TIMING_INFLATION;
                 }
             }
+            if let Some(e) = entry_slot.get() {
+                a.demand = e.demand(clock.now());
+            }
             a
         })
     } else {
         let hostname = spec.name.clone();
+        let entry_slot = entry_slot.clone();
         Arc::new(move || {
             let mut a = PeerAnnouncement::new(me, String::new(), Role::Client);
             a.hostname.clone_from(&hostname);
+            if let Some(e) = entry_slot.get() {
+                a.demand = e.demand(clock.now());
+            }
             a
         })
     };
@@ -291,6 +309,20 @@ pub(crate) async fn software(sh: Arc<Shared>, p: usize) -> anyhow::Result<()> {
             }) as Arc<dyn Fallback>
         });
         let entry = Entry::new(mesh.clone(), settings, fallback);
+        // An entry that also serves routes chats to itself and takes its own llama-servers as
+        // the audits' ground truth, as `mesh-node entry --model` does.
+        if let Some(api) = &api_state {
+            entry.serve_locally(api.clone(), stop_rx.clone());
+        }
+        let audit = entry
+            .start_audit(
+                audit_config(&sh),
+                SimRng::derive(sh.seed, "audit", ((p as u64) << 32) ^ incarnation).next_u64(),
+                stop_rx.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("the scenario's [verify]: {e}"))?;
+        tasks.spawn(check_audits(sh.clone(), p, audit.subscribe()));
+        let _ = entry_slot.set(entry.clone());
         let listener = Listener::bind(API_PORT).await?;
         tasks.spawn(http_serve::serve(
             listener,
@@ -873,7 +905,13 @@ fn snapshot(sh: &Shared, o: &Observed) -> Snapshot {
                 )
             })
             .collect();
-        EntrySnapshot { measurements, sla }
+        let audit = e.audit();
+        EntrySnapshot {
+            measurements,
+            sla,
+            audits: audit.map(|a| a.tally()).unwrap_or_default(),
+            verify: audit.map(|a| a.verify(&view)).unwrap_or_default(),
+        }
     });
     Snapshot {
         election: o.mesh.election().borrow().clone(),
@@ -888,6 +926,65 @@ fn snapshot(sh: &Shared, o: &Observed) -> Snapshot {
         gossip_received: stats.messages_received,
         bad_signatures: stats.bad_signature,
         view,
+    }
+}
+
+/// The entry's audit configuration from the scenario's `[verify]` (as the discrete-event
+/// engine builds it): interval, mode, and the pinned reference fingerprints when asked for.
+fn audit_config(sh: &Shared) -> AuditConfig {
+    let spec = &sh.sc.verify;
+    let mut config = AuditConfig::default();
+    if let Some(v) = spec.interval_s {
+        config.interval = Duration::from_secs_f64(v);
+    }
+    config.enforcement.mode = spec.mode;
+    if spec.references {
+        for m in &sh.models {
+            let refs = [
+                Backend::Metal,
+                Backend::Cuda,
+                Backend::Rocm,
+                Backend::Vulkan,
+                Backend::Cpu,
+            ]
+            .iter()
+            .map(|&b| decode::reference_fingerprint(&m.name, b))
+            .collect();
+            config.references.insert(m.name.clone(), refs);
+        }
+    }
+    config
+}
+
+/// The safety checkers on the entry's verdicts and demotions: none may accuse an honest peer.
+async fn check_audits(sh: Arc<Shared>, p: usize, mut events: broadcast::Receiver<AuditOutput>) {
+    loop {
+        let out = match events.recv().await {
+            Ok(out) => out,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::error!(node = p, missed = n, "audit checker lagged");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let (peer, model, mismatch) = match &out {
+            AuditOutput::Verdict { peer, model, entry } => {
+                (peer, model, Some(entry.verdict == VerifyVerdict::Mismatch))
+            }
+            AuditOutput::Demoted { peer, model, .. } => (peer, model, None),
+            _ => continue,
+        };
+        let Some(&q) = sh.index.get(peer) else {
+            continue;
+        };
+        let spec = sh.spec(q);
+        let honest = decode::serves_advertised_model(spec.behaviour);
+        let at = sim_now();
+        let mut checker = lock(&sh.checker);
+        match mismatch {
+            Some(mismatch) => checker.verdict(at, &spec.name, model, mismatch, honest),
+            None => checker.demoted(at, &spec.name, model, honest),
+        }
     }
 }
 

@@ -3,11 +3,12 @@
 //! its view), the SLA gate as that entry evaluates it now, what the hosts publish, and what the
 //! callers saw (served-by counts from the response headers).
 
+use super::node::EntrySnapshot;
 use super::{Life, World, lock};
 use crate::check::{ChecksReport, Liveness};
 use crate::report::{
     self, Convergence, CrashRemoval, Figures, GossipReport, HostReport, ModelReport, PeerReport,
-    Report, RequestCounts, SlaReport, SplitGroupReport,
+    Report, RequestCounts, SlaReport, SplitGroupReport, VerificationReport,
 };
 use crate::scenario::PeerSpec;
 use mesh_core::election::{self, Plan};
@@ -266,13 +267,54 @@ impl World<'_> {
             requests,
             mesh_share_pct,
             gossip: self.gossip_report(),
-            verification: Vec::new(),
+            verification: self.verification_report(entry_snap.as_ref()),
             checks: ChecksReport {
                 violations: BTreeMap::new(),
                 first: Vec::new(),
                 liveness: Liveness::Skipped,
             },
         }
+    }
+
+    /// The observing entry's audits per (peer, model), in scenario order (as the other engine
+    /// lists them): its tally and the `verify_by_model` row it shows.
+    fn verification_report(&self, entry: Option<&EntrySnapshot>) -> Vec<VerificationReport> {
+        let sh = &self.shared;
+        let Some(entry) = entry else {
+            return Vec::new();
+        };
+        let mut rows: Vec<((usize, usize), VerificationReport)> = entry
+            .audits
+            .iter()
+            .filter_map(|((peer, model), tally)| {
+                let p = *sh.index.get(peer)?;
+                let (m, _) = sh.model(model)?;
+                let spec = sh.spec(p);
+                let shown = entry.verify.get(peer).and_then(|v| v.get(model));
+                let decided = tally.matches + tally.mismatches + tally.inconclusive > 0;
+                Some((
+                    (p, m),
+                    VerificationReport {
+                        peer: spec.name.clone(),
+                        model: model.clone(),
+                        behaviour: spec.behaviour,
+                        verdict: shown.filter(|_| decided).map(|e| e.verdict),
+                        agreement: shown.map_or(1.0, |e| report::round(e.agreement, 3)),
+                        compared_tokens: shown.map_or(0, |e| e.compared_tokens),
+                        matches: tally.matches,
+                        mismatches: tally.mismatches,
+                        inconclusive: tally.inconclusive,
+                        audits: tally.audits,
+                        first_mismatch_at_s: tally
+                            .first_mismatch
+                            .map(|t| report::round(t.as_micros() as f64 / 1e6, 1)),
+                        demoted: tally.demoted,
+                    },
+                ))
+            })
+            .collect();
+        rows.sort_by_key(|(k, _)| *k);
+        rows.into_iter().map(|(_, r)| r).collect()
     }
 
     fn gossip_report(&self) -> GossipReport {
