@@ -1344,6 +1344,55 @@ mod tests {
         );
     }
 
+    use clap::Parser as _;
+
+    fn entry_args(args: &[&str]) -> EntryArgs {
+        let mut argv = vec!["mesh-node", "entry", "--data-dir", "/tmp/cm-entry-test"];
+        argv.extend_from_slice(args);
+        match crate::config::Cli::try_parse_from(argv).unwrap().command {
+            crate::config::Command::Entry(a) => a,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_entry_audits_in_observe_mode_by_default_and_serves_nothing_unless_given_models() {
+        let c = EntryConfig::resolve(entry_args(&[])).unwrap();
+        assert!(c.hosting.is_none());
+        assert_eq!(c.audit.enforcement.mode, VerifyMode::Observe);
+        assert_eq!(c.audit.interval, Duration::from_secs(60));
+        let c = EntryConfig::resolve(entry_args(&[
+            "--model",
+            "/m/a.gguf",
+            "--llama-server",
+            "/opt/llama-server",
+            "--llama-threads",
+            "1",
+            "--audit-interval-s",
+            "2.5",
+            "--verify-mode",
+            "enforce",
+            "--api-addr",
+            "127.0.0.1:7001",
+        ]))
+        .unwrap();
+        let h = c.hosting.expect("--model makes the entry a host");
+        assert_eq!(h.models, [PathBuf::from("/m/a.gguf")]);
+        assert_eq!(h.llama_server, PathBuf::from("/opt/llama-server"));
+        assert_eq!(h.llama_threads, Some(1));
+        assert_eq!(h.api_port, 7001);
+        assert_eq!(c.audit.interval, Duration::from_millis(2_500));
+        assert_eq!(c.audit.enforcement.mode, VerifyMode::Enforce);
+        assert!(
+            EntryConfig::resolve(entry_args(&["--audit-interval-s", "0"])).is_err(),
+            "a zero interval would audit in a busy loop"
+        );
+        assert!(
+            crate::config::Cli::try_parse_from(["mesh-node", "entry", "--verify-mode", "strict"])
+                .is_err()
+        );
+    }
+
     #[test]
     fn only_failures_that_sent_the_caller_nothing_are_retried() {
         assert!(retryable(StatusCode::BAD_GATEWAY));
