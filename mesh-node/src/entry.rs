@@ -17,6 +17,15 @@
 //! or Redis); every answered chat is counted there (2xx only: a refusal served nobody) and in
 //! [`ChatCounters`] for `/metrics`.
 //!
+//! **Audits** ([`crate::audit`], SPEC §7): every entry runs the audit loop on its mesh view;
+//! verdicts show in `/api/status` `verify_by_model`, and in enforce mode the router skips demoted
+//! (peer, model) pairs while another target remains.
+//!
+//! **An entry that serves** (`--model`): the same [`Hosting`] as `serve` (supervised
+//! llama-servers, native baselines, its API on the mesh's HTTP tunnels); the router counts the
+//! entry itself among a model's targets and reaches its own API in-process, and its own
+//! llama-servers are the audits' ground truth.
+//!
 //! Routes: `POST /v1/chat/completions` and `POST /api/chat` (the testbed path: the model may be
 //! omitted and resolves through [`sla::default_model`]) behind the API keys of [`crate::auth`];
 //! open: `GET /v1/models`, `/api/status`, `/api/models`, `/api/mesh-share`, `/metrics`,

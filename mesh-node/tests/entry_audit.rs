@@ -4,7 +4,8 @@
 //!
 //! - an honest peer serving the same GGUF is matched;
 //! - a peer serving a cheaper quantisation of it (Q4_0 made from the Q4_1 file with
-//!   `llama-quantize --allow-requantize`) under the same model name is found out: mismatch.
+//!   `llama-quantize --allow-requantize`) under the same model name is found out: mismatch; in
+//!   enforce mode repeated mismatches take it out of rotation and the entry serves the chats.
 //!
 //! Real llama-server, rpc-server, llama-quantize and SmolLM2 are required: these tests fail,
 //! never skip, without them. Both tests take the same lock: two meshes at once would
@@ -23,10 +24,22 @@ use tokio::time::Instant;
 static ONE_MESH_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 /// `mesh-node entry` founding a mesh, serving `model` itself and auditing every ~`interval_s`.
-fn entry(parts: &RealParts, model: &Path, data_dir: &Path, interval_s: &str) -> NodeProcess {
+fn entry(
+    parts: &RealParts,
+    model: &Path,
+    data_dir: &Path,
+    interval_s: &str,
+    mode: &str,
+) -> NodeProcess {
     let api = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_mesh-node"))
-        .args(["entry", "--relay", "disabled", "--api-addr", &api.to_string()])
+        .args([
+            "entry",
+            "--relay",
+            "disabled",
+            "--api-addr",
+            &api.to_string(),
+        ])
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--model")
@@ -36,6 +49,7 @@ fn entry(parts: &RealParts, model: &Path, data_dir: &Path, interval_s: &str) -> 
         .arg("--rpc-server")
         .arg(&parts.rpc_server)
         .args(["--llama-threads", "1", "--audit-interval-s", interval_s])
+        .args(["--verify-mode", mode])
         // No native baselines mid-test: their probes would only add load to two cores.
         .args(["--baseline-settle-s", "3600"])
         .env("CLOSEDMESH_LOG", "info")
@@ -146,9 +160,11 @@ fn verdict_lines(entry: &NodeProcess) -> Vec<String> {
         .collect()
 }
 
-/// An entry serving SmolLM2 Q4_1 and a peer serving `peer_model` under the same name; returns
-/// the entry's first decided `verify_by_model` row for the peer, and the verdict log lines.
-async fn audit_once(peer_model: impl FnOnce(&Path) -> PathBuf) -> (Value, Vec<String>) {
+/// An entry serving SmolLM2 Q4_1 (verify mode `mode`) and a peer serving `peer_model` under the
+/// same name; returns the entry's first decided `verify_by_model` row for the peer, and the
+/// verdict log lines. In enforce mode it also waits for the peer's demotion and checks that
+/// chats then avoid it.
+async fn audit_once(peer_model: impl FnOnce(&Path) -> PathBuf, mode: &str) -> (Value, Vec<String>) {
     let _one = ONE_MESH_AT_A_TIME.lock().await;
     let parts = real_parts();
     let model = parts.model_name.clone();
@@ -156,7 +172,7 @@ async fn audit_once(peer_model: impl FnOnce(&Path) -> PathBuf) -> (Value, Vec<St
     let (e_dir, p_dir) = (dir.path().join("entry"), dir.path().join("peer"));
     let peer_file = peer_model(dir.path());
 
-    let mut e = entry(&parts, &parts.model, &e_dir, "3");
+    let mut e = entry(&parts, &parts.model, &e_dir, "3", mode);
     wait_file(&e_dir.join("invite.txt"), Duration::from_secs(60)).await;
     e.wait_status("the entry serving", Duration::from_secs(180), |s| {
         s["hosted_models"] == json!([model])
@@ -202,6 +218,24 @@ async fn audit_once(peer_model: impl FnOnce(&Path) -> PathBuf) -> (Value, Vec<St
         )
         .await;
     let verdict = row(&status, &p_id).unwrap()["verify_by_model"][&model].clone();
+    if mode == "enforce" {
+        // Two consecutive mismatches take the pair out of rotation; the entry (also a host of
+        // the model) then serves every chat itself.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !e.log().contains("out of rotation") {
+            assert!(
+                Instant::now() < deadline,
+                "no demotion in enforce mode:\n{}",
+                e.log()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let e_id = short_id(&e_dir);
+        for i in 0..6 {
+            let peer = send(&e, &model, 100 + i).await;
+            assert_eq!(peer, e_id, "a chat went to the demoted peer {p_id}");
+        }
+    }
     let lines = verdict_lines(&e);
     eprintln!("verify_by_model of the peer: {verdict}");
     for l in &lines {
@@ -216,7 +250,7 @@ async fn audit_once(peer_model: impl FnOnce(&Path) -> PathBuf) -> (Value, Vec<St
 async fn an_entry_serving_the_model_matches_an_honest_peer_serving_the_same_gguf() {
     let parts = real_parts();
     let model = parts.model.clone();
-    let (verdict, lines) = audit_once(move |_| model).await;
+    let (verdict, lines) = audit_once(move |_| model, "observe").await;
     assert_eq!(verdict["verdict"], "match", "{verdict:#}");
     assert_eq!(verdict["mode"], "observe");
     assert!(verdict["compared_tokens"].as_u64() > Some(0), "{verdict:#}");
@@ -227,12 +261,17 @@ async fn an_entry_serving_the_model_matches_an_honest_peer_serving_the_same_gguf
 }
 
 #[tokio::test]
-async fn an_entry_serving_the_model_finds_a_peer_serving_a_cheaper_quant_under_its_name() {
+async fn an_entry_serving_the_model_finds_and_in_enforce_mode_sidelines_a_peer_serving_a_cheaper_quant()
+ {
     let parts = real_parts();
     let model = parts.model.clone();
-    let (verdict, lines) =
-        audit_once(move |dir| cheaper_copy(&model, &dir.join("q4_0"), "Q4_0")).await;
+    let (verdict, lines) = audit_once(
+        move |dir| cheaper_copy(&model, &dir.join("q4_0"), "Q4_0"),
+        "enforce",
+    )
+    .await;
     assert_eq!(verdict["verdict"], "mismatch", "{verdict:#}");
+    assert_eq!(verdict["mode"], "enforce");
     assert!(verdict["agreement"].as_f64() < Some(1.0), "{verdict:#}");
     assert!(
         lines.iter().any(|l| l.contains("Mismatch")),
