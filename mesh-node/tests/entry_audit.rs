@@ -218,6 +218,17 @@ async fn audit_once(peer_model: impl FnOnce(&Path) -> PathBuf, mode: &str) -> (V
         )
         .await;
     let verdict = row(&status, &p_id).unwrap()["verify_by_model"][&model].clone();
+    // The entry's /status page shows the row too.
+    let page = reqwest::get(e.url("/status"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!(r#"data-peer="{p_id}""#)) && page.contains("verify-row"),
+        "no verification row for {p_id} on /status"
+    );
     if mode == "enforce" {
         // Two consecutive mismatches take the pair out of rotation; the entry (also a host of
         // the model) then serves every chat itself.
