@@ -8,9 +8,29 @@ use std::str::FromStr;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PeerId(pub [u8; 32]);
 
+/// The first 8 bytes of a [`PeerId`]: how digests and requests name peers. Ids are public keys,
+/// so two peers share a short id only by a 2⁶⁴-work search; a short id that does match several
+/// held peers names them all (see [`PeerId::short_range`]).
+pub type ShortId = [u8; 8];
+
 impl PeerId {
     pub const fn from_bytes(bytes: [u8; 32]) -> Self {
         PeerId(bytes)
+    }
+
+    pub fn short_id(&self) -> ShortId {
+        let mut s = [0u8; 8];
+        s.copy_from_slice(&self.0[..8]);
+        s
+    }
+
+    /// Every id with short id `s`, as a range for ordered maps keyed by id.
+    pub fn short_range(s: ShortId) -> std::ops::RangeInclusive<PeerId> {
+        let mut lo = [0u8; 32];
+        let mut hi = [0xffu8; 32];
+        lo[..8].copy_from_slice(&s);
+        hi[..8].copy_from_slice(&s);
+        PeerId(lo)..=PeerId(hi)
     }
 
     pub const fn as_bytes(&self) -> &[u8; 32] {

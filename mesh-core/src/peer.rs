@@ -1,6 +1,7 @@
 //! What a peer says about itself: the [`PeerAnnouncement`] every peer publishes (signed, by the
 //! `gossip` machine) and relays for others, and the value types inside it.
 
+use crate::gossip::beat::BeatKey;
 use crate::id::PeerId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -153,6 +154,9 @@ pub struct PeerAnnouncement {
     /// How to reach this peer directly: opaque to the core, defined by the shell's transport
     /// (iroh: its endpoint address as JSON). Signed with the rest, so a relay cannot redirect it.
     pub dial_info: String,
+    /// The end of this announcement's heartbeat hash chain (see [`crate::gossip::beat`]): set
+    /// by the gossip machine when it signs, so every later beat can be checked against it.
+    pub beat_anchor: BeatKey,
 }
 
 impl PeerAnnouncement {
@@ -182,6 +186,7 @@ impl PeerAnnouncement {
             rtt_hints: Vec::new(),
             pipelines: Vec::new(),
             dial_info: String::new(),
+            beat_anchor: BeatKey::default(),
         }
     }
 

@@ -11,7 +11,8 @@
 //! Then a liveness phase stops the faults and demands convergence: every live node holds every
 //! other live node at its current content, and no node holds a dead one.
 
-use mesh_core::gossip::sign::{Heartbeat, Leaving, SecretKey, Signed, SignedAnnouncement};
+use mesh_core::gossip::beat::BeatChain;
+use mesh_core::gossip::sign::{Leaving, SecretKey, Signed, SignedAnnouncement};
 use mesh_core::gossip::wire::Records;
 use mesh_core::gossip::{Config, Event, Input, Message, Output, Removal, State};
 use mesh_core::invite::DEFAULT_TTL;
@@ -341,17 +342,13 @@ impl World {
                             ..Records::default()
                         }
                     }
-                    // A forged heartbeat keeping the victim alive.
+                    // A forged heartbeat keeping the victim alive: a chain of the relay's own for
+                    // the victim's content, as far along as it goes.
                     2 => Records {
-                        heartbeats: vec![Signed::sign(
-                            &relay_key,
-                            Heartbeat {
-                                peer: victim_id,
-                                mesh_id: MESH.into(),
-                                seq: u64::MAX - 1,
-                                content_seq: base.value().seq,
-                            },
-                        )],
+                        heartbeats: vec![
+                            BeatChain::new(&relay_key, base.value().seq)
+                                .beat(victim_id, mesh_core::gossip::beat::CHAIN_LEN),
+                        ],
                         ..Records::default()
                     },
                     // A forged leaving.

@@ -3,7 +3,8 @@
 //! encode → decode with its signatures intact.
 
 use mesh_core::gossip::admission::AdmissionError;
-use mesh_core::gossip::sign::{Heartbeat, Leaving, SecretKey, Signed};
+use mesh_core::gossip::beat::{Beat, BeatChain, CHAIN_LEN};
+use mesh_core::gossip::sign::{Leaving, SecretKey, Signed};
 use mesh_core::gossip::wire::{
     self, DecodeError, Digest, GENERATION, HEADER_LEN, Hello, MAX_FRAME_BODY, Message, Records,
     Request,
@@ -116,19 +117,19 @@ fn signed_announcement() -> impl Strategy<Value = Signed<PeerAnnouncement>> {
     })
 }
 
-fn heartbeat() -> impl Strategy<Value = Signed<Heartbeat>> {
-    (0u64..8, any::<u64>(), any::<u64>()).prop_map(|(k, seq, content_seq)| {
+fn heartbeat() -> impl Strategy<Value = Beat> {
+    (0u64..8, 0u64..u64::MAX / 2, 1..=CHAIN_LEN).prop_map(|(k, content_seq, n)| {
         let key = key(k);
-        Signed::sign(
-            &key,
-            Heartbeat {
-                peer: key.peer_id(),
-                mesh_id: "mesh-a".into(),
-                seq,
-                content_seq,
-            },
-        )
+        BeatChain::new(&key, content_seq).beat(key.peer_id(), n)
     })
+}
+
+/// Whether `b` is on the chain its origin (one of the generated keys) anchors for its content.
+fn beat_verifies(b: &Beat) -> bool {
+    (0u64..8)
+        .map(key)
+        .find(|k| k.peer_id() == b.peer)
+        .is_some_and(|k| b.verifies_against_anchor(&BeatChain::new(&k, b.content_seq).anchor()))
 }
 
 fn leaving() -> impl Strategy<Value = Signed<Leaving>> {
@@ -219,17 +220,21 @@ fn message() -> impl Strategy<Value = Message> {
             })),
         refusal().prop_map(Message::Refused),
         (
-            prop::collection::vec((peer_id(), any::<u64>()), 0..20),
+            any::<u64>(),
+            prop::collection::vec((any::<[u8; 8]>(), any::<u64>()), 0..20),
             prop::collection::vec((peer_id(), any::<[u8; 16]>().prop_map(InviteId)), 0..3),
             any::<bool>()
         )
-            .prop_map(|(entries, revocations, passive)| Message::Digest(Digest {
-                entries,
-                revocations,
-                passive
-            })),
+            .prop_map(
+                |(base, entries, revocations, passive)| Message::Digest(Digest {
+                    base,
+                    entries,
+                    revocations,
+                    passive
+                })
+            ),
         (
-            prop::collection::vec(peer_id(), 0..10),
+            prop::collection::vec((any::<[u8; 8]>(), any::<u64>()), 0..10),
             prop::collection::vec((peer_id(), any::<[u8; 16]>().prop_map(InviteId)), 0..3)
         )
             .prop_map(|(peers, revocations)| Message::Request(Request { peers, revocations })),
@@ -279,7 +284,7 @@ proptest! {
         };
         if let Some(r) = records {
             prop_assert!(r.announcements.iter().all(|a| a.verify()));
-            prop_assert!(r.heartbeats.iter().all(|h| h.verify()));
+            prop_assert!(r.heartbeats.iter().all(beat_verifies));
             prop_assert!(r.leavings.iter().all(|l| l.verify()));
             prop_assert!(r.revocations.iter().all(|x| x.verify()));
         }
@@ -319,7 +324,7 @@ proptest! {
             }
             for h in &r.heartbeats {
                 if !orig.heartbeats.contains(h) {
-                    prop_assert!(!h.verify(), "altered heartbeat verified");
+                    prop_assert!(!beat_verifies(h), "altered heartbeat verified");
                 }
             }
         }

@@ -478,7 +478,7 @@ mod tests {
         let mut out = a.open(b.local_id(), StreamKind::Gossip).await.unwrap();
         let first = Message::PeerDown(PeerId::from_bytes([9; 32]));
         let second = Message::Request(Request {
-            peers: vec![a.local_id()],
+            peers: vec![(a.local_id().short_id(), 0)],
             revocations: vec![],
         });
         write_frame(&mut out, &first).await.unwrap();

@@ -64,6 +64,8 @@ pub struct GossipReport {
 pub struct KindFigures {
     pub messages: u64,
     pub bytes: u64,
+    /// This kind's share of `steady_bytes_per_peer_per_s` (the run's second half).
+    pub steady_bytes_per_peer_per_s: f64,
 }
 
 /// How fast changed announcements (content, not heartbeats) reached 99 % of the live peers:

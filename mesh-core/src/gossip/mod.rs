@@ -11,7 +11,8 @@
 //!   that fails its signature is dropped, counted ([`Stats::bad_signature`]) and reported;
 //! - `seq` is one counter per origin, `max(previous + 1, now in ms)`, so a restarted node's
 //!   records are newer than anything it published before; content changes are announcements,
-//!   liveness refreshes between them are small heartbeats;
+//!   liveness refreshes between them are small heartbeats: reveals of a hash chain the
+//!   announcement's signature anchors ([`beat`]), unforgeable at a third of a signature's size;
 //! - news (a newer record) is pushed at once to a few random live peers and forwarded by each
 //!   receiver that had not seen it (rumour mongering); every tick each node sends a digest
 //!   `(peer, seq)` to K random live peers, and the pair exchange whatever either lacks
@@ -47,6 +48,7 @@
 //! - build decisions on [`State::view`], passing its own RTT measurements.
 
 pub mod admission;
+pub mod beat;
 pub mod sign;
 pub mod state;
 pub mod wire;
@@ -55,6 +57,9 @@ pub mod wire;
 mod tests;
 
 pub use admission::{AdmissionError, AdmittedBy};
+pub use beat::Beat;
 pub use sign::{SecretKey, Signed, SignedAnnouncement};
-pub use state::{Config, Event, Input, Output, Removal, State, Stats};
+pub use state::{
+    Config, Event, Input, Output, Removal, State, Stats, load_only, material_load_change,
+};
 pub use wire::{DecodeError, Message};

@@ -1,11 +1,10 @@
 //! The gossip machine: one node's view of the mesh membership and the rules that keep it fresh.
 
 use crate::gossip::admission::{self, AdmissionError, AdmittedBy};
-use crate::gossip::sign::{
-    Heartbeat, Leaving, SecretKey, Signed, SignedAnnouncement, SignedHeartbeat, SignedLeaving,
-};
+use crate::gossip::beat::{Beat, BeatChain, CHAIN_LEN};
+use crate::gossip::sign::{Leaving, SecretKey, Signed, SignedAnnouncement, SignedLeaving};
 use crate::gossip::wire::{Digest, Hello, Message, Records, Request};
-use crate::id::PeerId;
+use crate::id::{PeerId, ShortId};
 use crate::invite::{self, AdmissionContext, Invite, InviteError, InviteId, SignedRevocation};
 use crate::peer::PeerAnnouncement;
 use crate::time::Timestamp;
@@ -19,6 +18,8 @@ use std::time::Duration;
 
 /// Records per outgoing message are batched up to about this many bytes.
 const RECORDS_CHUNK_BYTES: usize = 1024 * 1024;
+/// A beat's size on the wire, at most (for chunking).
+const BEAT_BYTES: usize = 64;
 /// At most this many peers are requested in one `Request`.
 const MAX_REQUEST_PEERS: usize = 4096;
 
@@ -42,10 +43,10 @@ pub struct Config {
     /// `rumor_fanout`: most peers hear it at once, anti-entropy brings it to the rest.
     pub metrics_interval: Duration,
     /// Heartbeats a relay forwards are held this long and sent together, to the same
-    /// `heartbeat_fanout` random peers; zero (the default) forwards each at once. In a mesh of
-    /// a thousand peers every node relays dozens of heartbeats a second: batched, the bytes
-    /// stay the same and the messages drop by that factor, at the cost of this much delay per
-    /// hop (liveness counts in minutes).
+    /// `heartbeat_fanout` random peers; zero forwards each at once. In a mesh of a thousand
+    /// peers every node relays a dozen heartbeats a second: batched, the messages (and their
+    /// framing) drop by that factor, at the cost of this much delay per hop (liveness counts in
+    /// minutes).
     pub relay_batch: Duration,
     /// Without a fresh seq for this long a peer is stale: out of the view, not a gossip target.
     pub stale_after: Duration,
@@ -76,7 +77,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(60),
             heartbeat_fanout: 2,
             metrics_interval: Duration::from_secs(30),
-            relay_batch: Duration::ZERO,
+            relay_batch: Duration::from_secs(1),
             stale_after: Duration::from_secs(180),
             remove_after: Duration::from_secs(360),
             tombstone_ttl: Duration::from_secs(720),
@@ -206,8 +207,11 @@ pub struct PeerInfo {
 
 struct Entry {
     announcement: SignedAnnouncement,
-    /// The newest heartbeat, when newer than the announcement.
-    heartbeat: Option<SignedHeartbeat>,
+    /// The newest verified heartbeat on this announcement's chain.
+    heartbeat: Option<Beat>,
+    /// A beat naming newer content than `announcement` (unverifiable until that content
+    /// arrives): the content to fetch, and the beat to check once it is here.
+    ahead: Option<Beat>,
     first_seen: Timestamp,
     last_fresh: Timestamp,
     stale: bool,
@@ -224,8 +228,16 @@ impl Entry {
     }
 
     fn seq(&self) -> u64 {
-        let hb = self.heartbeat.as_ref().map_or(0, |h| h.value().seq);
+        let hb = self.heartbeat.and_then(|h| h.seq()).unwrap_or(0);
         hb.max(self.content_seq())
+    }
+
+    /// Whether `b` (naming this entry's content) is on its chain.
+    fn verifies(&self, b: &Beat) -> bool {
+        match &self.heartbeat {
+            Some(h) if h.n < b.n => b.follows(h),
+            _ => b.verifies_against_anchor(&self.announcement.value().beat_anchor),
+        }
     }
 
     fn next_deadline(&self, config: &Config) -> Timestamp {
@@ -242,10 +254,10 @@ impl Entry {
         if their_seq < self.content_seq() {
             out.announcements.push(self.announcement.clone());
         }
-        if let Some(hb) = &self.heartbeat
-            && hb.value().seq > their_seq
+        if let Some(hb) = self.heartbeat
+            && hb.seq().is_some_and(|s| s > their_seq)
         {
-            out.heartbeats.push(hb.clone());
+            out.heartbeats.push(hb);
         }
     }
 }
@@ -254,9 +266,12 @@ struct Tombstone {
     seq: u64,
     until: Timestamp,
     leaving: Option<SignedLeaving>,
-    /// A verified heartbeat newer than the tombstone: the peer is back (a healed partition).
-    /// It vouches for the content it names even though that content is older than the tombstone.
-    revival: Option<SignedHeartbeat>,
+    /// The content held when the peer timed out: a beat on its chain newer than the tombstone
+    /// means the peer is back (a healed partition) with that content.
+    announcement: Option<SignedAnnouncement>,
+    /// A newer beat naming other content (unverified): fetched once, and it vouches for that
+    /// content, older than the tombstone, when it arrives.
+    ahead: Option<Beat>,
 }
 
 /// One node's gossip machine. See the module docs of [`crate::gossip`].
@@ -268,15 +283,20 @@ pub struct State {
     rng: Pcg64,
     created_at: Timestamp,
     local: SignedAnnouncement,
-    local_heartbeat: Option<SignedHeartbeat>,
+    /// The heartbeat chain of `local`, and its newest beat.
+    chain: BeatChain,
+    local_heartbeat: Option<Beat>,
     /// A load-only change waiting for `metrics_interval` to pass since `last_publish`.
     pending_local: Option<PeerAnnouncement>,
+    /// The newest local state whose difference from `local` is immaterial (published with the
+    /// next re-announcement).
+    drift: Option<PeerAnnouncement>,
     /// Whether the records being accepted carry more than load-only changes (set while
     /// accepting, read when forwarding them).
     structural_news: bool,
     last_publish: Timestamp,
     /// Relayed heartbeats waiting for `relay_batch`, and when they go.
-    relay_pending: Vec<SignedHeartbeat>,
+    relay_pending: Vec<Beat>,
     relay_due: Option<Timestamp>,
     seq: u64,
     last_bump: Timestamp,
@@ -328,12 +348,15 @@ impl State {
         let mut local = local;
         local.peer_id = me;
         local.seq = seq;
+        let chain = BeatChain::new(&key, seq);
+        local.beat_anchor = chain.anchor();
         let mesh_id = local.mesh_id.clone();
         // Nodes started together must not tick together.
         let first_tick = now + mul_fraction(config.tick_interval, rng.next_u64());
         let first_reconnect = first_tick + config.reconnect_interval;
         State {
             local: Signed::sign(&key, local),
+            chain,
             key,
             me,
             mesh_id,
@@ -342,6 +365,7 @@ impl State {
             created_at: now,
             local_heartbeat: None,
             pending_local: None,
+            drift: None,
             structural_news: false,
             last_publish: now,
             relay_pending: Vec::new(),
@@ -553,7 +577,14 @@ impl State {
                 self.structural_news = false;
                 let mut news = Records::default();
                 let mut wanted = Vec::new();
-                self.accept_announcement(from, hello.announcement, now, &mut news, &mut wanted);
+                self.accept_announcement(
+                    from,
+                    hello.announcement,
+                    &[],
+                    now,
+                    &mut news,
+                    &mut wanted,
+                );
                 if let Some(e) = self.peers.get_mut(&from)
                     && e.passive != hello.passive
                 {
@@ -594,10 +625,20 @@ impl State {
         a.peer_id = self.me;
         a.mesh_id.clone_from(&self.mesh_id);
         a.seq = self.local.value().seq;
+        a.beat_anchor = self.local.value().beat_anchor;
         if &a == self.local.value() {
             self.pending_local = None;
+            self.drift = None;
             return;
         }
+        if self.load_only_change(&a) && !material_load_change(self.local.value(), &a) {
+            // Jitter in load and p50s: not worth a rumour to the whole mesh. It goes out with
+            // the next change that is (every update carries the whole current state).
+            self.pending_local = None;
+            self.drift = Some(a);
+            return;
+        }
+        self.drift = None;
         if now < self.last_publish + self.config.metrics_interval && self.load_only_change(&a) {
             self.pending_local = Some(a);
             return;
@@ -619,14 +660,21 @@ impl State {
         self.pending_local = None;
         self.last_publish = now;
         a.seq = self.next_seq(now);
-        self.local = Signed::sign(&self.key, a);
-        self.local_heartbeat = None;
-        self.last_bump = now;
+        self.sign_local(a, now);
         let news = Records {
             announcements: vec![self.local.clone()],
             ..Records::default()
         };
         self.push_rumor(news, fanout, &[]);
+    }
+
+    /// Signs `a` (its seq set) as this node's announcement, with a fresh heartbeat chain.
+    fn sign_local(&mut self, mut a: PeerAnnouncement, now: Timestamp) {
+        self.chain = BeatChain::new(&self.key, a.seq);
+        a.beat_anchor = self.chain.anchor();
+        self.local = Signed::sign(&self.key, a);
+        self.local_heartbeat = None;
+        self.last_bump = now;
     }
 
     fn on_join(&mut self, inv: Invite, now: Timestamp) {
@@ -704,7 +752,10 @@ impl State {
                 heartbeats: std::mem::take(&mut self.relay_pending),
                 ..Records::default()
             };
-            self.push_rumor(news, self.config.heartbeat_fanout, &[]);
+            let mut origins: Vec<PeerId> = news.heartbeats.iter().map(|b| b.peer).collect();
+            origins.sort_unstable();
+            origins.dedup();
+            self.push_rumor(news, self.config.heartbeat_fanout, &origins);
         }
         if now >= self.last_publish + self.config.metrics_interval
             && let Some(a) = self.pending_local.take()
@@ -727,17 +778,19 @@ impl State {
     }
 
     fn heartbeat(&mut self, now: Timestamp) {
-        let seq = self.next_seq(now);
-        let hb = Signed::sign(
-            &self.key,
-            Heartbeat {
-                peer: self.me,
-                mesh_id: self.mesh_id.clone(),
-                seq,
-                content_seq: self.local.value().seq,
-            },
-        );
-        self.local_heartbeat = Some(hb.clone());
+        let n = self.local_heartbeat.map_or(1, |b| b.n + 1);
+        let content_seq = self.chain.content_seq();
+        if n > CHAIN_LEN || content_seq + u64::from(n) <= self.seq {
+            // The chain is spent (or, defensively, would not move seq forward): re-announce.
+            let a = self
+                .drift
+                .take()
+                .unwrap_or_else(|| self.local.value().clone());
+            return self.publish(a, now);
+        }
+        let hb = self.chain.beat(self.me, n);
+        self.seq = content_seq + u64::from(n);
+        self.local_heartbeat = Some(hb);
         self.last_bump = now;
         let news = Records {
             heartbeats: vec![hb],
@@ -766,7 +819,7 @@ impl State {
         }
         if e.stale && now >= e.last_fresh + config.remove_after {
             let seq = e.seq();
-            self.peers.remove(&peer);
+            let removed = self.peers.remove(&peer).map(|e| e.announcement);
             self.targets = None;
             self.tombstones.insert(
                 peer,
@@ -774,7 +827,8 @@ impl State {
                     seq,
                     until: now + self.config.tombstone_ttl,
                     leaving: None,
-                    revival: None,
+                    announcement: removed,
+                    ahead: None,
                 },
             );
             self.roster.insert(peer, now);
@@ -829,11 +883,13 @@ impl State {
     }
 
     fn digest(&self) -> Digest {
-        let mut entries = Vec::with_capacity(self.peers.len() + 1);
-        entries.push((self.me, self.seq));
-        entries.extend(self.peers.iter().map(|(id, e)| (*id, e.seq())));
+        let mut seqs = Vec::with_capacity(self.peers.len() + 1);
+        seqs.push((self.me.short_id(), self.seq));
+        seqs.extend(self.peers.iter().map(|(id, e)| (id.short_id(), e.seq())));
+        let base = seqs.iter().map(|&(_, s)| s).max().unwrap_or(0);
         Digest {
-            entries,
+            base,
+            entries: seqs.into_iter().map(|(p, s)| (p, base - s)).collect(),
             revocations: self.revocations.keys().copied().collect(),
             passive: self.config.passive,
         }
@@ -852,40 +908,56 @@ impl State {
         let mut reply = Records::default();
         let mut wanted = Vec::new();
         let mut theirs = BTreeSet::new();
-        for (peer, their_seq) in d.entries {
-            if !theirs.insert(peer) {
+        let my_short = self.me.short_id();
+        for (short, delta) in d.entries {
+            if !theirs.insert(short) {
                 continue;
             }
-            if peer == self.me {
+            let their_seq = d.base.saturating_sub(delta);
+            if short == my_short {
                 if their_seq < self.seq {
                     self.local_records_newer_than(their_seq, &mut reply);
                 } else if their_seq > self.seq {
-                    wanted.push(peer);
+                    wanted.push((short, self.seq));
                 }
-            } else if let Some(e) = self.peers.get(&peer) {
+                continue;
+            }
+            let mut held = false;
+            for (_, e) in self.peers.range(PeerId::short_range(short)) {
+                held = true;
                 let mine = e.seq();
                 if mine > their_seq && relay {
                     e.records_newer_than(their_seq, &mut reply);
                 } else if mine < their_seq {
-                    wanted.push(peer);
+                    wanted.push((short, mine));
                 }
-            } else if let Some(t) = self.live_tombstone(&peer, now) {
+            }
+            if held {
+                continue;
+            }
+            let mut tombstoned = false;
+            for (_, t) in self.tombstones.range(PeerId::short_range(short)) {
+                if now >= t.until {
+                    continue;
+                }
+                tombstoned = true;
                 if t.seq >= their_seq {
                     // Tell them it left, so they drop it too.
                     reply.leavings.extend(t.leaving.clone());
                 } else {
-                    wanted.push(peer);
+                    wanted.push((short, 0));
                 }
-            } else {
-                wanted.push(peer);
+            }
+            if !tombstoned {
+                wanted.push((short, 0));
             }
         }
-        if !theirs.contains(&self.me) {
+        if !theirs.contains(&my_short) {
             self.local_records_newer_than(0, &mut reply);
         }
         if relay {
             for (id, e) in &self.peers {
-                if !theirs.contains(id) {
+                if !theirs.contains(&id.short_id()) {
                     e.records_newer_than(0, &mut reply);
                 }
             }
@@ -901,21 +973,28 @@ impl State {
             .into_iter()
             .filter(|k| !self.revocations.contains_key(k))
             .collect();
+        wanted.dedup();
         self.send_records(from, reply, false);
         self.request(from, wanted, wanted_revs);
     }
 
     fn on_request(&mut self, from: PeerId, r: Request) {
         let mut reply = Records::default();
-        for peer in r.peers.into_iter().collect::<BTreeSet<_>>() {
-            if peer == self.me {
-                self.local_records_newer_than(0, &mut reply);
-            } else if self.config.passive {
+        let my_short = self.me.short_id();
+        for (short, have) in r.peers.into_iter().collect::<BTreeMap<_, _>>() {
+            if short == my_short {
+                self.local_records_newer_than(have, &mut reply);
+            }
+            if self.config.passive {
                 continue;
-            } else if let Some(e) = self.peers.get(&peer) {
-                e.records_newer_than(0, &mut reply);
-            } else if let Some(l) = self.tombstones.get(&peer).and_then(|t| t.leaving.clone()) {
-                reply.leavings.push(l);
+            }
+            for (_, e) in self.peers.range(PeerId::short_range(short)) {
+                e.records_newer_than(have, &mut reply);
+            }
+            for (id, t) in self.tombstones.range(PeerId::short_range(short)) {
+                if !self.peers.contains_key(id) {
+                    reply.leavings.extend(t.leaving.clone());
+                }
             }
         }
         for k in r.revocations {
@@ -930,12 +1009,13 @@ impl State {
         self.structural_news = false;
         let mut news = Records::default();
         let mut wanted = Vec::new();
-        // Heartbeats first: one may vouch for an announcement in the same batch.
+        // Announcements first: a beat in the same batch may be on the chain of one of them (and
+        // a beat newer than a tombstone vouches for the content it names).
+        for a in records.announcements {
+            self.accept_announcement(from, a, &records.heartbeats, now, &mut news, &mut wanted);
+        }
         for h in records.heartbeats {
             self.accept_heartbeat(from, h, now, &mut news, &mut wanted);
-        }
-        for a in records.announcements {
-            self.accept_announcement(from, a, now, &mut news, &mut wanted);
         }
         for l in records.leavings {
             self.accept_leaving(from, l, now, &mut news);
@@ -946,6 +1026,13 @@ impl State {
         wanted.sort();
         wanted.dedup();
         wanted.retain(|p| self.lacks_content(p));
+        let wanted = wanted
+            .iter()
+            .map(|p| {
+                let held = self.peers.get(p).map_or(0, |e| e.content_seq());
+                (p.short_id(), held)
+            })
+            .collect();
         self.request(from, wanted, Vec::new());
         if rumor {
             self.forward(from, news, now);
@@ -983,6 +1070,7 @@ impl State {
         &mut self,
         from: PeerId,
         sa: SignedAnnouncement,
+        batch_beats: &[Beat],
         now: Timestamp,
         news: &mut Records,
         wanted: &mut Vec<PeerId>,
@@ -990,20 +1078,32 @@ impl State {
         let a = sa.value();
         let origin = a.peer_id;
         if origin == self.me {
+            if sa.body() == self.local.body() {
+                return; // our own, echoed back
+            }
             return self.refute(from, a.seq, || sa.verify(), now);
         }
         if a.mesh_id != self.mesh_id {
             self.stats.wrong_mesh += 1;
             return;
         }
+        // Content older than the tombstone gets in only on the word of a newer beat on its chain
+        // (the peer came back unchanged after we removed it).
+        let mut revival = None;
         if let Some(t) = self.live_tombstone(&origin, now)
             && a.seq <= t.seq
-            && t.revival
-                .as_ref()
-                .is_none_or(|hb| hb.value().content_seq != a.seq)
         {
-            self.stats.tombstoned += 1;
-            return;
+            revival = t
+                .ahead
+                .iter()
+                .chain(batch_beats.iter().filter(|b| b.peer == origin))
+                .filter(|b| b.content_seq == a.seq && b.seq().is_some_and(|s| s > t.seq))
+                .max_by_key(|b| b.n)
+                .copied();
+            if revival.is_none() {
+                self.stats.tombstoned += 1;
+                return;
+            }
         }
         let known = self.peers.get(&origin).map(|e| (e.content_seq(), e.seq()));
         if known.is_some_and(|(content, _)| a.seq <= content) {
@@ -1015,6 +1115,11 @@ impl State {
             self.emit(Event::Rejected { from, origin });
             return;
         }
+        if revival.is_some_and(|b| !b.verifies_against_anchor(&a.beat_anchor)) {
+            // A beat that does not belong to this content cannot vouch for it.
+            self.stats.tombstoned += 1;
+            return;
+        }
         let seq = a.seq;
         self.structural_news |= self
             .peers
@@ -1022,11 +1127,7 @@ impl State {
             .is_none_or(|e| !load_only(e.announcement.value(), a));
         news.announcements.push(sa.clone());
         let Some(e) = self.peers.get_mut(&origin) else {
-            let revival = self
-                .tombstones
-                .remove(&origin)
-                .and_then(|t| t.revival)
-                .filter(|hb| hb.value().seq > seq);
+            self.tombstones.remove(&origin);
             self.roster.remove(&origin);
             // A new live, active, reachable peer joins the target cache in place (rebuilding
             // it after every join is quadratic while a large mesh fills).
@@ -1040,6 +1141,7 @@ impl State {
                 Entry {
                     announcement: sa,
                     heartbeat: revival,
+                    ahead: None,
                     first_seen: now,
                     last_fresh: now,
                     stale: false,
@@ -1053,10 +1155,21 @@ impl State {
             self.emit(Event::PeerUp(origin));
             return;
         };
-        let fresh = known.is_some_and(|(_, newest)| seq > newest);
+        let mut fresh = known.is_some_and(|(_, newest)| seq > newest);
         e.announcement = sa;
-        if e.heartbeat.as_ref().is_some_and(|h| h.value().seq <= seq) {
-            e.heartbeat = None;
+        e.heartbeat = None;
+        // A beat that arrived before this content: now it can be checked.
+        if let Some(b) = e.ahead.take() {
+            if b.content_seq == seq {
+                if b.verifies_against_anchor(&e.announcement.value().beat_anchor) {
+                    e.heartbeat = Some(b);
+                    fresh = true;
+                }
+            } else if b.content_seq > seq {
+                // It names still newer content.
+                e.ahead = Some(b);
+                wanted.push(origin);
+            }
         }
         let recovered = fresh && e.stale;
         if fresh {
@@ -1065,12 +1178,6 @@ impl State {
                 e.stale = false;
                 self.targets = None;
             }
-        }
-        // A heartbeat newer than this content may have announced still newer content.
-        if let Some(hb) = &e.heartbeat
-            && hb.value().content_seq > seq
-        {
-            wanted.push(origin);
         }
         if recovered {
             self.schedule(origin);
@@ -1082,69 +1189,108 @@ impl State {
     fn accept_heartbeat(
         &mut self,
         from: PeerId,
-        shb: SignedHeartbeat,
+        b: Beat,
         now: Timestamp,
         news: &mut Records,
         wanted: &mut Vec<PeerId>,
     ) {
-        let h = shb.value();
-        let origin = h.peer;
-        if origin == self.me {
-            return self.refute(from, h.seq, || shb.verify(), now);
-        }
-        if h.mesh_id != self.mesh_id {
-            self.stats.wrong_mesh += 1;
+        let origin = b.peer;
+        let Some(seq) = b.seq() else {
+            self.stats.bad_signature += 1;
+            self.emit(Event::Rejected { from, origin });
             return;
+        };
+        if origin == self.me {
+            if seq < self.seq || self.local_heartbeat == Some(b) {
+                // Older, or our own newest beat echoed back.
+                return;
+            }
+            // Ours from before a restart? Our chains are derived from our key: recompute it.
+            let ours = BeatChain::new(&self.key, b.content_seq).beat(self.me, b.n) == b;
+            return self.refute(from, seq, || ours, now);
         }
         if self
             .live_tombstone(&origin, now)
-            .is_some_and(|t| h.seq <= t.seq)
+            .is_some_and(|t| seq <= t.seq)
         {
             self.stats.tombstoned += 1;
             return;
         }
-        let held = match self.peers.get(&origin) {
-            Some(e) => Some(e.seq()),
-            None => self
-                .tombstones
-                .get(&origin)
-                .and_then(|t| t.revival.as_ref())
-                .map(|r| r.value().seq),
-        };
-        if held.is_some_and(|seq| h.seq <= seq) {
-            // Not news: in particular no new request, or a peer that cannot supply the content
-            // would be asked for it forever.
-            self.stats.duplicates += 1;
-            return;
-        }
-        if !shb.verify() {
-            self.stats.bad_signature += 1;
-            self.emit(Event::Rejected { from, origin });
-            return;
-        }
         let Some(e) = self.peers.get_mut(&origin) else {
-            // Alive, but we hold nothing to attach it to: fetch the announcement, and if the
-            // peer was removed, keep the proof that it is back.
-            if let Some(t) = self.tombstones.get_mut(&origin)
-                && t.revival.as_ref().is_none_or(|r| r.value().seq < h.seq)
-            {
-                t.revival = Some(shb.clone());
+            // Alive, but we hold nothing to check it against: fetch the content it names. A
+            // removed peer coming back with the content we removed it with is back at once.
+            if let Some(t) = self.tombstones.get_mut(&origin) {
+                if let Some(a) = &t.announcement
+                    && a.value().seq == b.content_seq
+                    && b.verifies_against_anchor(&a.value().beat_anchor)
+                {
+                    let a = a.clone();
+                    news.heartbeats.push(b);
+                    return self.revive(origin, a, b, now);
+                }
+                if t.ahead.is_some_and(|x| x.seq() >= Some(seq)) {
+                    // Asked for already: a peer that cannot supply it would be asked forever.
+                    self.stats.duplicates += 1;
+                    return;
+                }
+                t.ahead = Some(b);
             }
             wanted.push(origin);
             return;
         };
-        if h.content_seq > e.content_seq() {
-            wanted.push(origin);
+        if seq <= e.seq() || b.content_seq < e.content_seq() {
+            // Not news: in particular no new request.
+            self.stats.duplicates += 1;
+            return;
         }
-        e.heartbeat = Some(shb.clone());
+        if b.content_seq > e.content_seq() {
+            // Newer content than we hold: the beat can be checked once it is here.
+            if e.ahead.is_some_and(|x| x.seq() >= Some(seq)) {
+                self.stats.duplicates += 1;
+                return;
+            }
+            e.ahead = Some(b);
+            wanted.push(origin);
+            return;
+        }
+        if !e.verifies(&b) {
+            self.stats.bad_signature += 1;
+            self.emit(Event::Rejected { from, origin });
+            return;
+        }
+        e.heartbeat = Some(b);
         e.last_fresh = now;
-        news.heartbeats.push(shb);
+        news.heartbeats.push(b);
         if e.stale {
             e.stale = false;
             self.targets = None;
             self.schedule(origin);
             self.emit(Event::PeerUp(origin));
         }
+    }
+
+    /// A removed peer is back (a beat on the chain of the content we removed it with).
+    fn revive(&mut self, origin: PeerId, sa: SignedAnnouncement, b: Beat, now: Timestamp) {
+        self.tombstones.remove(&origin);
+        self.roster.remove(&origin);
+        self.targets = None;
+        self.peers.insert(
+            origin,
+            Entry {
+                announcement: sa,
+                heartbeat: Some(b),
+                ahead: None,
+                first_seen: now,
+                last_fresh: now,
+                stale: false,
+                passive: false,
+                unreachable: false,
+                probe_until: None,
+                timer_at: None,
+            },
+        );
+        self.schedule(origin);
+        self.emit(Event::PeerUp(origin));
     }
 
     fn accept_leaving(
@@ -1184,7 +1330,8 @@ impl State {
                 seq,
                 until: now + self.config.tombstone_ttl,
                 leaving: Some(sl),
-                revival: None,
+                announcement: None,
+                ahead: None,
             },
         );
         self.roster.insert(origin, now);
@@ -1246,12 +1393,9 @@ impl State {
             return;
         }
         self.seq = seq;
-        let content = self.local.value().clone();
-        let mut a = content;
+        let mut a = self.local.value().clone();
         a.seq = self.next_seq(now);
-        self.local = Signed::sign(&self.key, a);
-        self.local_heartbeat = None;
-        self.last_bump = now;
+        self.sign_local(a, now);
         let news = Records {
             announcements: vec![self.local.clone()],
             ..Records::default()
@@ -1279,10 +1423,7 @@ impl State {
     fn lacks_content(&self, peer: &PeerId) -> bool {
         match self.peers.get(peer) {
             None => true,
-            Some(e) => e
-                .heartbeat
-                .as_ref()
-                .is_some_and(|hb| hb.value().content_seq > e.content_seq()),
+            Some(e) => e.ahead.is_some_and(|b| b.content_seq > e.content_seq()),
         }
     }
 
@@ -1299,10 +1440,10 @@ impl State {
         if their_seq < self.local.value().seq {
             out.announcements.push(self.local.clone());
         }
-        if let Some(hb) = &self.local_heartbeat
-            && hb.value().seq > their_seq
+        if let Some(hb) = self.local_heartbeat
+            && hb.seq().is_some_and(|s| s > their_seq)
         {
-            out.heartbeats.push(hb.clone());
+            out.heartbeats.push(hb);
         }
     }
 
@@ -1348,7 +1489,7 @@ impl State {
         };
         let mut exclude = vec![from];
         exclude.extend(news.announcements.iter().map(|a| a.signer()));
-        exclude.extend(news.heartbeats.iter().map(|h| h.signer()));
+        exclude.extend(news.heartbeats.iter().map(|h| h.peer));
         exclude.extend(news.leavings.iter().map(|l| l.signer()));
         self.push_rumor(news, fanout, &exclude);
     }
@@ -1366,7 +1507,7 @@ impl State {
     fn request(
         &mut self,
         to: PeerId,
-        mut peers: Vec<PeerId>,
+        mut peers: Vec<(ShortId, u64)>,
         revocations: Vec<(PeerId, InviteId)>,
     ) {
         peers.truncate(MAX_REQUEST_PEERS);
@@ -1407,7 +1548,14 @@ impl State {
             };
         }
         add!(announcements, announcements);
-        add!(heartbeats, heartbeats);
+        for b in heartbeats {
+            if size + BEAT_BYTES > RECORDS_CHUNK_BYTES && !chunk.is_empty() {
+                self.send(to, wrap(std::mem::take(&mut chunk)));
+                size = 0;
+            }
+            size += BEAT_BYTES;
+            chunk.heartbeats.push(b);
+        }
         add!(leavings, leavings);
         add!(revocations, revocations);
         if !chunk.is_empty() {
@@ -1473,16 +1621,45 @@ impl State {
     }
 }
 
-/// Whether `new` differs from `old` only in `seq` and load (`inflight_requests`,
-/// `model_timings`, `demand`).
-fn load_only(old: &PeerAnnouncement, new: &PeerAnnouncement) -> bool {
+/// Whether `new` differs from `old` only in `seq` (and so its heartbeat chain) and load
+/// (`inflight_requests`, `model_timings`, `demand`): news the machine pushes to fewer peers.
+pub fn load_only(old: &PeerAnnouncement, new: &PeerAnnouncement) -> bool {
     PeerAnnouncement {
         seq: old.seq,
+        beat_anchor: old.beat_anchor,
         inflight_requests: old.inflight_requests,
         model_timings: old.model_timings.clone(),
         demand: old.demand.clone(),
         ..new.clone()
     } == *old
+}
+
+/// Whether a load-only change is worth publishing: in-flight requests moved by two or more, a
+/// model's p50s by 10 % or more, its sample count from or to a handful (the SLA gate's minimum
+/// lives there) or by half, any change of demand (see below), or a model came or went.
+pub fn material_load_change(old: &PeerAnnouncement, new: &PeerAnnouncement) -> bool {
+    let apart = |a: f64, b: f64| (a - b).abs() > 0.1 * a.abs().max(b.abs());
+    if old.inflight_requests.abs_diff(new.inflight_requests) >= 2 {
+        return true;
+    }
+    if old.model_timings.len() != new.model_timings.len() || old.demand.len() != new.demand.len() {
+        return true;
+    }
+    let timings = old
+        .model_timings
+        .iter()
+        .zip(&new.model_timings)
+        .any(|(o, n)| {
+            let (so, sn) = (o.samples_in_window, n.samples_in_window);
+            o.model != n.model
+                || apart(o.tps_p50, n.tps_p50)
+                || apart(o.ttft_ms_p50, n.ttft_ms_p50)
+                || (so != sn && so.min(sn) < 10)
+                || so.abs_diff(sn) * 2 > so.max(sn)
+        });
+    // Entries are few and the election's duplicate-host rule turns on a threshold of their
+    // demand: every change of it counts.
+    timings || old.demand != new.demand
 }
 
 /// A uniform index below `n` (n > 0), without modulo bias worth the name (n ≪ 2^64).

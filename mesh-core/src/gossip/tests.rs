@@ -1,7 +1,8 @@
 //! The gossip machine's rules, one test each, with explicit `now`. Nodes are driven through the
 //! public API only; `Net` delivers their messages instantly (or drops the ones a test chooses).
 
-use super::sign::{Heartbeat, SecretKey, Signed, SignedAnnouncement};
+use super::beat::BeatChain;
+use super::sign::{SecretKey, Signed, SignedAnnouncement};
 use super::state::{Config, Event, Input, Output, Removal, State};
 use super::wire::{Digest, Hello, Message, Records};
 use super::{AdmissionError, AdmittedBy};
@@ -259,12 +260,12 @@ fn origin_bumps_seq_every_heartbeat_and_a_content_change_restarts_the_interval()
         .sent_by(a)
         .into_iter()
         .filter_map(|(_, m)| match m {
-            Message::Rumor(r) if !r.heartbeats.is_empty() => Some(r.heartbeats[0].value().clone()),
+            Message::Rumor(r) if !r.heartbeats.is_empty() => Some(r.heartbeats[0]),
             _ => None,
         })
         .collect();
     assert_eq!(hbs.len(), 2, "pushed to heartbeat_fanout peers");
-    assert_eq!(hbs[0].seq, seq1);
+    assert_eq!(hbs[0].seq(), Some(seq1));
     assert_eq!(
         hbs[0].content_seq, seq0,
         "content unchanged since the first announcement"
@@ -399,7 +400,10 @@ fn tick_sends_a_digest_to_k_distinct_live_peers_and_reschedules() {
         panic!("digest first");
     };
     assert_eq!(d.entries.len(), 8, "itself and seven peers");
-    assert!(d.entries.contains(&(a, net.node(a).seq())));
+    assert!(
+        d.entries
+            .contains(&(a.short_id(), d.base - net.node(a).seq()))
+    );
 }
 
 #[test]
@@ -813,21 +817,18 @@ fn announcement_forged_in_another_peers_name_is_rejected() {
 fn forged_heartbeat_does_not_keep_a_dead_peer_alive() {
     let (mut net, ids) = mesh(3, Config::default());
     let (a, b, c) = (ids[0], ids[1], ids[2]);
-    let hb = Signed::sign(
-        &key(2),
-        Heartbeat {
-            peer: b,
-            mesh_id: MESH.into(),
-            seq: u64::MAX / 2,
-            content_seq: net.node(b).seq(),
-        },
-    );
+    // A relay (key 2) builds a chain of its own for B's current content, and also guesses a link.
+    let content_seq = net.node(b).seq();
+    let foreign_chain = BeatChain::new(&key(2), content_seq).beat(b, 1);
+    let mut guessed = foreign_chain;
+    guessed.n = 7;
+    guessed.key = [0x5a; 16];
     net.input(
         a,
         Input::Message {
             from: c,
             message: Message::Rumor(Records {
-                heartbeats: vec![hb],
+                heartbeats: vec![foreign_chain, guessed],
                 ..Records::default()
             }),
         },
@@ -835,7 +836,7 @@ fn forged_heartbeat_does_not_keep_a_dead_peer_alive() {
     );
     timeout(&mut net, a, T0 + secs(180));
     assert!(net.node(a).peer(&b).unwrap().stale);
-    assert_eq!(net.node(a).stats().bad_signature, 1);
+    assert_eq!(net.node(a).stats().bad_signature, 2);
 }
 
 #[test]
@@ -974,7 +975,7 @@ fn with_relay_batch_relayed_heartbeats_go_out_together_when_the_batch_is_due() {
         let at = T0 + secs(60);
         timeout(&mut net, origin, at);
         beats.extend(net.sent_by(origin).into_iter().find_map(|(_, m)| match m {
-            Message::Rumor(r) if !r.heartbeats.is_empty() => Some(r.heartbeats[0].clone()),
+            Message::Rumor(r) if !r.heartbeats.is_empty() => Some(r.heartbeats[0]),
             _ => None,
         }));
         net.queue.clear();
@@ -1090,9 +1091,14 @@ fn digest_exchange_pushes_what_the_other_lacks_and_pulls_what_it_has_newer() {
     }
     // One anti-entropy exchange A → B repairs both sides.
     let digest = |s: &State| {
+        let base = u64::MAX / 2;
         Message::Digest(Digest {
-            entries: std::iter::once((s.me(), s.seq()))
-                .chain(s.peer_ids().map(|p| (p, s.peer(&p).unwrap().seq)))
+            base,
+            entries: std::iter::once((s.me().short_id(), base - s.seq()))
+                .chain(
+                    s.peer_ids()
+                        .map(|p| (p.short_id(), base - s.peer(&p).unwrap().seq)),
+                )
                 .collect(),
             revocations: vec![],
             passive: false,
@@ -1132,6 +1138,8 @@ fn heartbeat_naming_content_we_lack_pulls_it_from_the_relay() {
     net.settle_with(T0 + secs(1), |_, to, _| to == c); // A misses the content
     timeout(&mut net, b, T0 + secs(61)); // heartbeat, relayed to A only through C
     net.settle_with(T0 + secs(61), |from, to, _| !(from == b && to == a));
+    timeout(&mut net, c, T0 + secs(62)); // C's relay batch is due
+    net.settle_with(T0 + secs(62), |from, to, _| !(from == b && to == a));
     assert_eq!(
         net.node(a).announcement(&b).unwrap().value().hostname,
         "missed"
@@ -1580,7 +1588,8 @@ fn view_has_me_at_rtt_zero_and_live_peers_at_the_shells_rtt() {
 #[test]
 fn newer_heartbeat_brings_back_a_removed_peer_with_its_unchanged_content() {
     // A long partition: A removed B (tombstone at B's last seq), but B lives on with the same
-    // content. B's newer heartbeat vouches for that older content, which A then takes.
+    // content. B's newer heartbeat is on the chain of the content A removed it with: B is back
+    // at once, without asking anyone for anything.
     let (mut net, ids) = mesh(3, Config::default());
     let (a, b, c) = (ids[0], ids[1], ids[2]);
     timeout(&mut net, b, T0 + secs(60)); // a heartbeat A hears: tombstone seq > content seq
@@ -1598,6 +1607,19 @@ fn newer_heartbeat_brings_back_a_removed_peer_with_its_unchanged_content() {
         })
         .expect("B heartbeats");
     net.queue.clear();
+    // A stale copy of the beat A already had changes nothing ...
+    let mut old = hb.clone();
+    old.heartbeats[0] = BeatChain::new(&key(1), old.heartbeats[0].content_seq).beat(b, 1);
+    net.input(
+        a,
+        Input::Message {
+            from: c,
+            message: Message::Rumor(old),
+        },
+        T0 + secs(430),
+    );
+    assert!(net.node(a).peer(&b).is_none());
+    // ... the newer one brings B back.
     net.input(
         a,
         Input::Message {
@@ -1606,28 +1628,18 @@ fn newer_heartbeat_brings_back_a_removed_peer_with_its_unchanged_content() {
         },
         T0 + secs(430),
     );
-    // A asks the relay for the content the heartbeat names ...
-    let asked: Vec<_> = net
+    let asked = net
         .sent_by(a)
         .into_iter()
-        .filter(|(_, m)| matches!(m, Message::Request(r) if r.peers == vec![b]))
-        .collect();
-    assert_eq!(asked.len(), 1);
-    // ... and the content, older than the tombstone, gets in on the heartbeat's word.
-    let content = net.node(b).local().clone();
-    net.input(
-        a,
-        Input::Message {
-            from: c,
-            message: Message::Records(Records {
-                announcements: vec![content],
-                ..Records::default()
-            }),
-        },
-        T0 + secs(431),
+        .filter(|(_, m)| matches!(m, Message::Request(_)))
+        .count();
+    assert_eq!(
+        asked, 0,
+        "nothing to fetch: A kept the content it removed B with"
     );
     let info = net.node(a).peer(&b).expect("B is back");
     assert_eq!(info.seq, net.node(b).seq());
+    assert!(!info.stale);
     assert!(net.take_events(a).contains(&Event::PeerUp(b)));
 }
 
@@ -1826,4 +1838,140 @@ fn revocation_is_gossiped_in_digests_until_its_invite_would_have_expired() {
     };
     assert_eq!(digests_at(&mut net, T0 + secs(540)), vec![(a, id)]);
     assert_eq!(digests_at(&mut net, T0 + secs(600)), vec![]);
+}
+
+#[test]
+fn a_beat_on_content_not_yet_here_is_checked_when_the_content_arrives() {
+    let (mut net, ids) = mesh(3, Config::default());
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    let mut changed = net.node(b).local().value().clone();
+    changed.hostname = "renamed".into();
+    net.input(b, Input::UpdateLocal(Box::new(changed)), T0 + secs(10));
+    let content = net.node(b).local().clone();
+    net.queue.clear();
+    timeout(&mut net, b, T0 + secs(70));
+    let beat = net
+        .sent_by(b)
+        .into_iter()
+        .find_map(|(_, m)| match m {
+            Message::Rumor(r) if !r.heartbeats.is_empty() => Some(r.heartbeats[0]),
+            _ => None,
+        })
+        .expect("B heartbeats");
+    assert_eq!(beat.content_seq, content.value().seq);
+    net.queue.clear();
+    // The beat overtakes the announcement: A cannot check it yet, so it asks the relay, once.
+    for at in [71, 72] {
+        net.input(
+            a,
+            Input::Message {
+                from: c,
+                message: Message::Rumor(Records {
+                    heartbeats: vec![beat],
+                    ..Records::default()
+                }),
+            },
+            T0 + secs(at),
+        );
+    }
+    let asked = net
+        .sent_by(a)
+        .into_iter()
+        .filter(|(_, m)| {
+            matches!(m, Message::Request(r)
+                if r.peers == vec![(b.short_id(), net.node(a).peer(&b).unwrap().content_seq)])
+        })
+        .count();
+    assert_eq!(asked, 1);
+    assert!(net.node(a).peer(&b).unwrap().seq < beat.seq().unwrap());
+    net.input(
+        a,
+        Input::Message {
+            from: c,
+            message: Message::Records(Records {
+                announcements: vec![content],
+                ..Records::default()
+            }),
+        },
+        T0 + secs(73),
+    );
+    let info = net.node(a).peer(&b).unwrap();
+    assert_eq!(info.seq, beat.seq().unwrap(), "the held beat now counts");
+    assert_eq!(info.last_fresh, T0 + secs(73));
+    assert_eq!(net.node(a).stats().bad_signature, 0);
+}
+
+#[test]
+fn load_jitter_is_not_published_but_a_material_change_is() {
+    use crate::peer::ModelTiming;
+    let (mut net, ids) = mesh(3, Config::default());
+    let a = ids[0];
+    let timing = |tps: f64, samples: u32| ModelTiming {
+        model: "m".into(),
+        tps_p50: tps,
+        ttft_ms_p50: 100.0,
+        samples_in_window: samples,
+    };
+    let mut s = net.node(a).local().value().clone();
+    s.model_timings = vec![timing(40.0, 20)];
+    net.input(a, Input::UpdateLocal(Box::new(s.clone())), T0 + secs(100));
+    let published = net.node(a).local().value().seq;
+    // 40 → 42 tok/s, 20 → 24 samples, one more request in flight: jitter.
+    s.model_timings = vec![timing(42.0, 24)];
+    s.inflight_requests = 1;
+    net.input(a, Input::UpdateLocal(Box::new(s.clone())), T0 + secs(200));
+    timeout(&mut net, a, T0 + secs(240));
+    assert_eq!(net.node(a).local().value().seq, published, "not published");
+    assert_eq!(net.node(a).local().value().model_timings[0].tps_p50, 40.0);
+    // Drifting further (45 tok/s is 12.5 % above what was published) is material.
+    s.model_timings = vec![timing(45.0, 26)];
+    net.input(a, Input::UpdateLocal(Box::new(s.clone())), T0 + secs(300));
+    assert!(net.node(a).local().value().seq > published);
+    assert_eq!(net.node(a).local().value().model_timings[0].tps_p50, 45.0);
+    assert_eq!(net.node(a).local().value().inflight_requests, 1);
+}
+
+#[test]
+fn what_counts_as_a_material_load_change() {
+    use super::material_load_change as material;
+    use crate::peer::{ModelDemand, ModelTiming};
+    let base = {
+        let mut a = PeerAnnouncement::new(key(1).peer_id(), MESH, Role::Worker);
+        a.model_timings = vec![ModelTiming {
+            model: "m".into(),
+            tps_p50: 50.0,
+            ttft_ms_p50: 200.0,
+            samples_in_window: 30,
+        }];
+        a.demand = vec![ModelDemand {
+            model: "m".into(),
+            clients: 2,
+            requests_per_min: 12.0,
+        }];
+        a
+    };
+    let with = |f: &dyn Fn(&mut PeerAnnouncement)| {
+        let mut a = base.clone();
+        f(&mut a);
+        material(&base, &a)
+    };
+    assert!(!with(&|a| a.inflight_requests = 1));
+    assert!(with(&|a| a.inflight_requests = 2));
+    assert!(!with(&|a| a.model_timings[0].tps_p50 = 54.0));
+    assert!(with(&|a| a.model_timings[0].tps_p50 = 56.0));
+    assert!(with(&|a| a.model_timings[0].ttft_ms_p50 = 260.0));
+    assert!(!with(&|a| a.model_timings[0].samples_in_window = 40));
+    assert!(with(&|a| a.model_timings[0].samples_in_window = 70));
+    assert!(with(&|a| a.model_timings.clear()));
+    assert!(with(&|a| a.demand[0].requests_per_min = 12.5));
+    assert!(with(&|a| a.demand[0].requests_per_min = 9.0));
+    assert!(with(&|a| a.demand[0].clients = 3));
+    let mut few = base.clone();
+    few.model_timings[0].samples_in_window = 2;
+    let mut more = few.clone();
+    more.model_timings[0].samples_in_window = 3;
+    assert!(
+        material(&few, &more),
+        "below the SLA's minimum every sample counts"
+    );
 }

@@ -10,13 +10,14 @@
 //! reads that many bytes and calls [`decode_body`]; a datagram/buffer shell calls [`decode`].
 
 use crate::gossip::admission::AdmissionError;
-use crate::gossip::sign::{SignedAnnouncement, SignedHeartbeat, SignedLeaving};
-use crate::id::PeerId;
+use crate::gossip::beat::Beat;
+use crate::gossip::sign::{SignedAnnouncement, SignedLeaving};
+use crate::id::{PeerId, ShortId};
 use crate::invite::{Invite, InviteId, SignedRevocation};
 use serde::{Deserialize, Serialize};
 
 /// The protocol generation this build speaks.
-pub const GENERATION: u8 = 1;
+pub const GENERATION: u8 = 2;
 pub const HEADER_LEN: usize = 5;
 /// The largest frame body accepted or produced.
 pub const MAX_FRAME_BODY: usize = 8 * 1024 * 1024;
@@ -51,8 +52,12 @@ pub struct Hello {
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Digest {
-    /// `(peer, newest seq)` for every peer the sender holds, itself included.
-    pub entries: Vec<(PeerId, u64)>,
+    /// The newest seq among `entries`.
+    pub base: u64,
+    /// `(short id, base − newest seq)` for every peer the sender holds, itself included: 8 bytes
+    /// and a small varint per peer instead of 32 and a large one (a thousand-peer digest is
+    /// 12 KB, not 39).
+    pub entries: Vec<(ShortId, u64)>,
     /// The revocations the sender holds, as `(inviter, invite id)`.
     pub revocations: Vec<(PeerId, InviteId)>,
     pub passive: bool,
@@ -60,7 +65,9 @@ pub struct Digest {
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Request {
-    pub peers: Vec<PeerId>,
+    /// `(short id, newest seq the asker holds)`: every held peer with that short id is asked
+    /// for what is newer (a missed beat costs a beat in reply, not a whole announcement).
+    pub peers: Vec<(ShortId, u64)>,
     pub revocations: Vec<(PeerId, InviteId)>,
 }
 
@@ -68,7 +75,7 @@ pub struct Request {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Records {
     pub announcements: Vec<SignedAnnouncement>,
-    pub heartbeats: Vec<SignedHeartbeat>,
+    pub heartbeats: Vec<Beat>,
     pub leavings: Vec<SignedLeaving>,
     pub revocations: Vec<SignedRevocation>,
 }
@@ -212,8 +219,13 @@ mod tests {
     #[test]
     fn unknown_generation_is_refused_whatever_follows() {
         assert_eq!(
-            decode(&[2, 0, 0, 0, 0]),
-            Err(DecodeError::UnknownGeneration(2))
+            decode(&[GENERATION + 1, 0, 0, 0, 0]),
+            Err(DecodeError::UnknownGeneration(GENERATION + 1))
+        );
+        // Generation 1 heartbeats were signed records; its frames are refused, not misread.
+        assert_eq!(
+            decode(&[1, 0, 0, 0, 0]),
+            Err(DecodeError::UnknownGeneration(1))
         );
         assert_eq!(decode(&[0]), Err(DecodeError::UnknownGeneration(0)));
     }
@@ -237,7 +249,7 @@ mod tests {
     fn two_frames_back_to_back_decode_in_order() {
         let a = Message::PeerDown(PeerId([1; 32]));
         let b = Message::Request(Request {
-            peers: vec![PeerId([2; 32])],
+            peers: vec![(PeerId([2; 32]).short_id(), 7)],
             revocations: vec![],
         });
         let mut buf = encode(&a).unwrap();
@@ -259,8 +271,9 @@ mod tests {
     #[test]
     fn encoded_len_is_the_frame_length() {
         let digest = Message::Digest(Digest {
+            base: 1 << 40,
             entries: (0..300u64)
-                .map(|i| (PeerId([i as u8; 32]), i << 20))
+                .map(|i| (PeerId([i as u8; 32]).short_id(), i << 20))
                 .collect(),
             revocations: vec![],
             passive: true,
@@ -289,7 +302,8 @@ mod tests {
     #[test]
     fn encoding_a_message_over_the_cap_is_an_error() {
         let huge = Message::Digest(Digest {
-            entries: (0..300_000u64).map(|i| (PeerId([1; 32]), i)).collect(),
+            base: u64::MAX,
+            entries: (0..800_000u64).map(|i| ([1; 8], i)).collect(),
             revocations: vec![],
             passive: false,
         });

@@ -331,7 +331,7 @@ impl World<'_> {
             let load_only = self.nodes[p]
                 .published
                 .as_ref()
-                .is_some_and(|old| only_load_differs(old, content));
+                .is_some_and(|old| mg::load_only(old, content));
             self.nodes[p].published = Some(content.clone());
             self.nodes[p].published_seq = seq;
             let own = &mut self.nodes[p].held[p];
@@ -776,7 +776,17 @@ impl World<'_> {
                 .stats
                 .by_kind
                 .iter()
-                .map(|(k, &(messages, bytes))| (k.to_string(), KindFigures { messages, bytes }))
+                .map(|(k, &(messages, bytes, at_half))| {
+                    let figures = KindFigures {
+                        messages,
+                        bytes,
+                        steady_bytes_per_peer_per_s: per_s(
+                            bytes - at_half,
+                            self.stats.node_seconds_half,
+                        ),
+                    };
+                    (k.to_string(), figures)
+                })
                 .collect(),
         }
     }
@@ -788,17 +798,6 @@ fn ms(v: f64) -> Duration {
 
 fn since_start_s(t: mesh_core::Timestamp) -> f64 {
     super::since_start(t).as_secs_f64()
-}
-
-/// Whether `new` differs from `old` only in load (`inflight_requests`, `model_timings`) and seq:
-/// the gossip machine pushes such news to fewer peers.
-fn only_load_differs(old: &PeerAnnouncement, new: &PeerAnnouncement) -> bool {
-    PeerAnnouncement {
-        seq: old.seq,
-        inflight_requests: old.inflight_requests,
-        model_timings: old.model_timings.clone(),
-        ..new.clone()
-    } == *old
 }
 
 /// `a` with only what the election reads (see [`election_key`]).

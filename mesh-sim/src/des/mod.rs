@@ -410,7 +410,8 @@ struct GossipStats {
     load_only: SpreadStats,
     crashes: Vec<CrashWatch>,
     /// (messages, bytes) per message kind.
-    by_kind: BTreeMap<&'static str, (u64, u64)>,
+    /// Per message kind: (messages, bytes, bytes at half time).
+    by_kind: BTreeMap<&'static str, (u64, u64, u64)>,
 }
 
 struct World<'a> {
@@ -672,7 +673,7 @@ impl<'a> World<'a> {
         while let Some((at, ev)) = self.queue.pop_until(self.end) {
             if !half_marked && at >= half {
                 self.count_nodes(half);
-                self.stats.bytes_at_half = Some(self.stats.bytes);
+                self.mark_half();
                 half_marked = true;
             }
             self.now = at;
@@ -689,7 +690,7 @@ impl<'a> World<'a> {
         }
         if !half_marked {
             self.count_nodes(half);
-            self.stats.bytes_at_half = Some(self.stats.bytes);
+            self.mark_half();
         }
         self.now = self.end;
         self.count_nodes(self.end);
@@ -737,6 +738,14 @@ impl<'a> World<'a> {
     }
 
     /// Accumulates node-seconds of gossiping nodes up to `t` (for bytes per peer per second).
+    /// Marks the start of the run's second half, where the steady-state gossip figures count.
+    fn mark_half(&mut self) {
+        self.stats.bytes_at_half = Some(self.stats.bytes);
+        for k in self.stats.by_kind.values_mut() {
+            k.2 = k.1;
+        }
+    }
+
     fn count_nodes(&mut self, t: Timestamp) {
         let live = self.nodes.iter().filter(|n| n.gossip.is_some()).count() as f64;
         let dt = t.saturating_since(self.stats.last_count_at).as_secs_f64();
