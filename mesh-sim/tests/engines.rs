@@ -8,13 +8,13 @@
 //! (`mesh-node entry --model`, its own llama-servers are the audits' ground truth) and runs
 //! mesh-node's audit loop, with the simulated llama-servers answering as each behaviour says.
 //!
+//! `crash-host-failover` runs under both too since turmoil entries announce the demand they
+//! measure, as `mesh-node entry` does (the duplicate hosts the demand rule adds now agree).
+//!
 //! Replays the turmoil engine does not run, and why (each is listed in [`NOT_UNDER_TURMOIL`] and
 //! checked to be every shipped replay not in [`BOTH_ENGINES`]):
 //! - `gossip-100-peers`: 103 peers, above the turmoil engine's limit (its step cost grows with
 //!   the cube of the peer count); it is refused with a message naming `--engine des`.
-//! - `crash-host-failover`: both engines remove the killed host within 5 s and serve on, but
-//!   the set of duplicate hosts the demand rule adds after the restart differs (the real node's
-//!   demand meter and the discrete-event one see the retried chats differently).
 
 use mesh_sim::report::Report;
 use mesh_sim::scenario::Scenario;
@@ -38,10 +38,11 @@ const BOTH_ENGINES: &[&str] = &[
     "dishonest-probe-aware.toml",
     "dishonest-replay-fingerprint.toml",
     "dishonest-smaller-model.toml",
+    "crash-host-failover.toml",
 ];
 
 /// Replays only the discrete-event engine runs (see the module docs for why).
-const NOT_UNDER_TURMOIL: &[&str] = &["gossip-100-peers.toml", "crash-host-failover.toml"];
+const NOT_UNDER_TURMOIL: &[&str] = &["gossip-100-peers.toml"];
 
 fn load(name: &str) -> Scenario {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -154,6 +155,20 @@ fn both_engines_agree_on_the_standby_and_partition_replays() {
     for file in ["phantom-split-standby.toml", "partition-heal.toml"] {
         agree(file);
     }
+}
+
+#[test]
+fn both_engines_agree_on_the_crash_failover_replay() {
+    let (_, tur) = agree("crash-host-failover.toml");
+    // mesh-node's entry drops the killed host from its targets within 5 s (virtual time).
+    let crashed = &tur.gossip.crashed_hosts;
+    assert!(!crashed.is_empty(), "{crashed:?}");
+    assert!(
+        crashed
+            .iter()
+            .all(|c| c.out_of_targets_after_ms.is_some_and(|ms| ms <= 5_000.0)),
+        "{crashed:?}"
+    );
 }
 
 /// A dishonest replay under both engines: the same verdicts, the cheat's as expected, the
