@@ -57,10 +57,7 @@ pub async fn serve(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> anyh
 
     // The mesh: founded, rejoined or joined; this node's announcement is its own state.
     let transport = IrohTransport::bind_node(identity.secret, cfg.relay.clone()).await?;
-    let content: ContentSource = {
-        let hosting = hosting.announcer();
-        Arc::new(move || hosting())
-    };
+    let content: ContentSource = Arc::new(hosting.announcer());
     let (mesh, tunnels) = Mesh::start(
         Arc::new(transport),
         hosting.clock(),
