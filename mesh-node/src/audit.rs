@@ -61,6 +61,8 @@ pub struct AuditTally {
 pub struct EntryAudit {
     auditor: Mutex<Auditor>,
     mode: VerifyMode,
+    /// A probe still unanswered after this is dropped (the auditor has abandoned it by then).
+    probe_timeout: Duration,
     tally: Mutex<BTreeMap<(PeerId, ModelName), AuditTally>>,
     events: broadcast::Sender<AuditOutput>,
 }
@@ -79,10 +81,12 @@ impl EntryAudit {
         now: Timestamp,
     ) -> Result<Arc<EntryAudit>, AuditConfigError> {
         let mode = config.enforcement.mode;
+        let probe_timeout = config.audit_timeout;
         let auditor = Auditor::new(me, config, Pcg64::seed_from_u64(seed), now)?;
         Ok(Arc::new(EntryAudit {
             auditor: Mutex::new(auditor),
             mode,
+            probe_timeout,
             tally: Mutex::default(),
             events: broadcast::channel(1024).0,
         }))
@@ -259,9 +263,13 @@ pub async fn run(
                 } => {
                     let own = sides.own_server(&model);
                     let tx = tx.clone();
+                    let limit = audit.probe_timeout;
                     tokio::spawn(async move {
                         let answer = match own {
-                            Some(upstream) => run_on_own_server(&upstream, &model, &probe).await,
+                            Some(upstream) => {
+                                let run = run_on_own_server(&upstream, &model, &probe);
+                                within(limit, run).await
+                            }
                             None => Err(ProbeFailed {
                                 reason: format!("this node runs no llama-server for {model:?} now"),
                             }),
@@ -278,14 +286,30 @@ pub async fn run(
                 } => {
                     let answer = sides.send_to_peer(peer, &model, &probe);
                     let tx = tx.clone();
+                    let limit = audit.probe_timeout;
                     tokio::spawn(async move {
-                        let _ = tx.send((id, Side::Peer, answer.await));
+                        let _ = tx.send((id, Side::Peer, within(limit, answer).await));
                     });
                 }
                 _ => {}
             }
         }
     }
+}
+
+/// `answer`, or a failure once `limit` has passed (dropping it closes the stream, so the server
+/// stops generating for a probe nobody waits for).
+async fn within(
+    limit: Duration,
+    answer: impl Future<Output = Result<Decode, ProbeFailed>>,
+) -> Result<Decode, ProbeFailed> {
+    tokio::time::timeout(limit, answer)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ProbeFailed {
+                reason: format!("no complete answer within {} s", limit.as_secs()),
+            })
+        })
 }
 
 /// `--verify-mode`.
@@ -297,9 +321,4 @@ pub fn parse_mode(s: &str) -> Result<VerifyMode, String> {
             "verify mode must be `observe` or `enforce`, not {other:?}"
         )),
     }
-}
-
-/// The audit interval used when none is configured (mesh-core's default).
-pub fn default_interval() -> Duration {
-    AuditConfig::default().interval
 }
