@@ -347,7 +347,7 @@ impl World {
                     2 => Records {
                         heartbeats: vec![
                             BeatChain::new(&relay_key, base.value().seq)
-                                .beat(victim_id, mesh_core::gossip::beat::CHAIN_LEN),
+                                .beat(victim_id.short_id(), mesh_core::gossip::beat::CHAIN_LEN),
                         ],
                         ..Records::default()
                     },

@@ -120,7 +120,7 @@ fn signed_announcement() -> impl Strategy<Value = Signed<PeerAnnouncement>> {
 fn heartbeat() -> impl Strategy<Value = Beat> {
     (0u64..8, 0u64..u64::MAX / 2, 1..=CHAIN_LEN).prop_map(|(k, content_seq, n)| {
         let key = key(k);
-        BeatChain::new(&key, content_seq).beat(key.peer_id(), n)
+        BeatChain::new(&key, content_seq).beat(key.peer_id().short_id(), n)
     })
 }
 
@@ -128,7 +128,7 @@ fn heartbeat() -> impl Strategy<Value = Beat> {
 fn beat_verifies(b: &Beat) -> bool {
     (0u64..8)
         .map(key)
-        .find(|k| k.peer_id() == b.peer)
+        .find(|k| k.peer_id().short_id() == b.peer)
         .is_some_and(|k| b.verifies_against_anchor(&BeatChain::new(&k, b.content_seq).anchor()))
 }
 

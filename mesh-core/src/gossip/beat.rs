@@ -8,14 +8,14 @@
 //! far cannot invert `H` — so a beat is as unforgeable as a signature, and ties its `seq`
 //! (`content_seq + n`) to the signed content it names. (The technique of S/Key and TESLA.)
 //!
-//! On the wire a beat is the origin's id, the content seq, `n` and 16 bytes; a signed heartbeat
-//! was twice that plus a 64-byte signature. In a mesh of a thousand peers heartbeats are most of
+//! On the wire a beat is the origin's 8-byte short id, the content seq, `n` and 16 bytes (about
+//! 32 bytes); a signed heartbeat was 117. In a mesh of a thousand peers heartbeats are most of
 //! the steady-state traffic (each origin's reaches every peer every interval), so this halves it.
 //!
 //! After [`CHAIN_LEN`] beats (34 hours at the default interval) the origin re-announces.
 
 use crate::gossip::sign::SecretKey;
-use crate::id::PeerId;
+use crate::id::ShortId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -52,7 +52,8 @@ pub fn walk(mut x: BeatKey, n: u32) -> BeatKey {
 /// `L − n` of that announcement's chain. Its seq is `content_seq + n`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Beat {
-    pub peer: PeerId,
+    /// The origin's short id (the receiver holds its announcement, which names it in full).
+    pub peer: ShortId,
     pub content_seq: u64,
     pub n: u32,
     pub key: BeatKey,
@@ -130,7 +131,7 @@ impl BeatChain {
     }
 
     /// The `n`-th beat (1 ≤ n ≤ [`CHAIN_LEN`]) of `peer` on this chain.
-    pub fn beat(&self, peer: PeerId, n: u32) -> Beat {
+    pub fn beat(&self, peer: ShortId, n: u32) -> Beat {
         assert!(
             (1..=CHAIN_LEN).contains(&n),
             "beat {n} is outside the chain"
@@ -159,7 +160,7 @@ mod tests {
         let anchor = chain.anchor();
         let mut prev: Option<Beat> = None;
         for n in [1, 2, 3, 31, 32, 33, 100, CHAIN_LEN - 1, CHAIN_LEN] {
-            let b = chain.beat(k.peer_id(), n);
+            let b = chain.beat(k.peer_id().short_id(), n);
             assert_eq!(b.seq(), Some(1_000 + u64::from(n)));
             assert!(b.verifies_against_anchor(&anchor), "beat {n}");
             if let Some(p) = prev {
@@ -175,7 +176,7 @@ mod tests {
         let k = key(2);
         let chain = BeatChain::new(&k, 5_000);
         let anchor = chain.anchor();
-        let b3 = chain.beat(k.peer_id(), 3);
+        let b3 = chain.beat(k.peer_id().short_id(), 3);
         // Claiming a later n with a revealed key: the walk misses the anchor.
         let mut forged = b3;
         forged.n = 4;
@@ -200,6 +201,9 @@ mod tests {
         let a = BeatChain::new(&key(4), 77);
         let b = BeatChain::new(&key(4), 77);
         assert_eq!(a.anchor(), b.anchor());
-        assert_eq!(a.beat(key(4).peer_id(), 9), b.beat(key(4).peer_id(), 9));
+        assert_eq!(
+            a.beat(key(4).peer_id().short_id(), 9),
+            b.beat(key(4).peer_id().short_id(), 9)
+        );
     }
 }

@@ -752,7 +752,11 @@ impl State {
                 heartbeats: std::mem::take(&mut self.relay_pending),
                 ..Records::default()
             };
-            let mut origins: Vec<PeerId> = news.heartbeats.iter().map(|b| b.peer).collect();
+            let mut origins: Vec<PeerId> = news
+                .heartbeats
+                .iter()
+                .filter_map(|b| self.resolve(b.peer))
+                .collect();
             origins.sort_unstable();
             origins.dedup();
             self.push_rumor(news, self.config.heartbeat_fanout, &origins);
@@ -788,7 +792,7 @@ impl State {
                 .unwrap_or_else(|| self.local.value().clone());
             return self.publish(a, now);
         }
-        let hb = self.chain.beat(self.me, n);
+        let hb = self.chain.beat(self.me.short_id(), n);
         self.seq = content_seq + u64::from(n);
         self.local_heartbeat = Some(hb);
         self.last_bump = now;
@@ -1025,12 +1029,17 @@ impl State {
         }
         wanted.sort();
         wanted.dedup();
-        wanted.retain(|p| self.lacks_content(p));
         let wanted = wanted
-            .iter()
-            .map(|p| {
-                let held = self.peers.get(p).map_or(0, |e| e.content_seq());
-                (p.short_id(), held)
+            .into_iter()
+            .filter_map(|s| {
+                let mut held = self.peers.range(PeerId::short_range(s)).map(|(_, e)| e);
+                match held.next() {
+                    None => Some((s, 0)),
+                    Some(e) => e
+                        .ahead
+                        .is_some_and(|b| b.content_seq > e.content_seq())
+                        .then(|| (s, e.content_seq())),
+                }
             })
             .collect();
         self.request(from, wanted, Vec::new());
@@ -1073,7 +1082,7 @@ impl State {
         batch_beats: &[Beat],
         now: Timestamp,
         news: &mut Records,
-        wanted: &mut Vec<PeerId>,
+        wanted: &mut Vec<ShortId>,
     ) {
         let a = sa.value();
         let origin = a.peer_id;
@@ -1096,7 +1105,7 @@ impl State {
             revival = t
                 .ahead
                 .iter()
-                .chain(batch_beats.iter().filter(|b| b.peer == origin))
+                .chain(batch_beats.iter().filter(|b| b.peer == origin.short_id()))
                 .filter(|b| b.content_seq == a.seq && b.seq().is_some_and(|s| s > t.seq))
                 .max_by_key(|b| b.n)
                 .copied();
@@ -1168,7 +1177,7 @@ impl State {
             } else if b.content_seq > seq {
                 // It names still newer content.
                 e.ahead = Some(b);
-                wanted.push(origin);
+                wanted.push(origin.short_id());
             }
         }
         let recovered = fresh && e.stale;
@@ -1192,23 +1201,26 @@ impl State {
         b: Beat,
         now: Timestamp,
         news: &mut Records,
-        wanted: &mut Vec<PeerId>,
+        wanted: &mut Vec<ShortId>,
     ) {
-        let origin = b.peer;
         let Some(seq) = b.seq() else {
             self.stats.bad_signature += 1;
-            self.emit(Event::Rejected { from, origin });
             return;
         };
-        if origin == self.me {
+        if b.peer == self.me.short_id() {
             if seq < self.seq || self.local_heartbeat == Some(b) {
                 // Older, or our own newest beat echoed back.
                 return;
             }
             // Ours from before a restart? Our chains are derived from our key: recompute it.
-            let ours = BeatChain::new(&self.key, b.content_seq).beat(self.me, b.n) == b;
+            let ours = BeatChain::new(&self.key, b.content_seq).beat(self.me.short_id(), b.n) == b;
             return self.refute(from, seq, || ours, now);
         }
+        let Some(origin) = self.resolve(b.peer) else {
+            // Alive, but unknown here: fetch what the relay holds under that short id.
+            wanted.push(b.peer);
+            return;
+        };
         if self
             .live_tombstone(&origin, now)
             .is_some_and(|t| seq <= t.seq)
@@ -1235,7 +1247,7 @@ impl State {
                 }
                 t.ahead = Some(b);
             }
-            wanted.push(origin);
+            wanted.push(b.peer);
             return;
         };
         if seq <= e.seq() || b.content_seq < e.content_seq() {
@@ -1250,7 +1262,7 @@ impl State {
                 return;
             }
             e.ahead = Some(b);
-            wanted.push(origin);
+            wanted.push(b.peer);
             return;
         }
         if !e.verifies(&b) {
@@ -1419,12 +1431,16 @@ impl State {
                 .is_some_and(|&t| now < t + self.config.roster_ttl)
     }
 
-    /// We know `peer` is alive (a heartbeat) but not its current announcement.
-    fn lacks_content(&self, peer: &PeerId) -> bool {
-        match self.peers.get(peer) {
-            None => true,
-            Some(e) => e.ahead.is_some_and(|b| b.content_seq > e.content_seq()),
-        }
+    /// The peer held (or tombstoned) under short id `s`. Ids are public keys: a second peer
+    /// with the same short id takes a 2⁶⁴-work search, and would only get its beats confused
+    /// with the first's (rejected, never accepted: each checks against its own chain).
+    fn resolve(&self, s: ShortId) -> Option<PeerId> {
+        let range = PeerId::short_range(s);
+        self.peers
+            .range(range.clone())
+            .map(|(id, _)| *id)
+            .next()
+            .or_else(|| self.tombstones.range(range).map(|(id, _)| *id).next())
     }
 
     fn live_tombstone(&self, peer: &PeerId, now: Timestamp) -> Option<&Tombstone> {
@@ -1489,7 +1505,7 @@ impl State {
         };
         let mut exclude = vec![from];
         exclude.extend(news.announcements.iter().map(|a| a.signer()));
-        exclude.extend(news.heartbeats.iter().map(|h| h.peer));
+        exclude.extend(news.heartbeats.iter().filter_map(|h| self.resolve(h.peer)));
         exclude.extend(news.leavings.iter().map(|l| l.signer()));
         self.push_rumor(news, fanout, &exclude);
     }

@@ -819,7 +819,7 @@ fn forged_heartbeat_does_not_keep_a_dead_peer_alive() {
     let (a, b, c) = (ids[0], ids[1], ids[2]);
     // A relay (key 2) builds a chain of its own for B's current content, and also guesses a link.
     let content_seq = net.node(b).seq();
-    let foreign_chain = BeatChain::new(&key(2), content_seq).beat(b, 1);
+    let foreign_chain = BeatChain::new(&key(2), content_seq).beat(b.short_id(), 1);
     let mut guessed = foreign_chain;
     guessed.n = 7;
     guessed.key = [0x5a; 16];
@@ -1609,7 +1609,8 @@ fn newer_heartbeat_brings_back_a_removed_peer_with_its_unchanged_content() {
     net.queue.clear();
     // A stale copy of the beat A already had changes nothing ...
     let mut old = hb.clone();
-    old.heartbeats[0] = BeatChain::new(&key(1), old.heartbeats[0].content_seq).beat(b, 1);
+    old.heartbeats[0] =
+        BeatChain::new(&key(1), old.heartbeats[0].content_seq).beat(b.short_id(), 1);
     net.input(
         a,
         Input::Message {
