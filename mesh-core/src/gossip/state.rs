@@ -1136,33 +1136,7 @@ impl State {
             .is_none_or(|e| !load_only(e.announcement.value(), a));
         news.announcements.push(sa.clone());
         let Some(e) = self.peers.get_mut(&origin) else {
-            self.tombstones.remove(&origin);
-            self.roster.remove(&origin);
-            // A new live, active, reachable peer joins the target cache in place (rebuilding
-            // it after every join is quadratic while a large mesh fills).
-            if let Some(targets) = &mut self.targets
-                && let Err(i) = targets.binary_search(&origin)
-            {
-                targets.insert(i, origin);
-            }
-            self.peers.insert(
-                origin,
-                Entry {
-                    announcement: sa,
-                    heartbeat: revival,
-                    ahead: None,
-                    first_seen: now,
-                    last_fresh: now,
-                    stale: false,
-                    passive: false,
-                    unreachable: false,
-                    probe_until: None,
-                    timer_at: None,
-                },
-            );
-            self.schedule(origin);
-            self.emit(Event::PeerUp(origin));
-            return;
+            return self.insert_peer(origin, sa, revival, now);
         };
         let mut fresh = known.is_some_and(|(_, newest)| seq > newest);
         e.announcement = sa;
@@ -1238,7 +1212,7 @@ impl State {
                 {
                     let a = a.clone();
                     news.heartbeats.push(b);
-                    return self.revive(origin, a, b, now);
+                    return self.insert_peer(origin, a, Some(b), now);
                 }
                 if t.ahead.is_some_and(|x| x.seq() >= Some(seq)) {
                     // Asked for already: a peer that cannot supply it would be asked forever.
@@ -1281,16 +1255,29 @@ impl State {
         }
     }
 
-    /// A removed peer is back (a beat on the chain of the content we removed it with).
-    fn revive(&mut self, origin: PeerId, sa: SignedAnnouncement, b: Beat, now: Timestamp) {
+    /// A peer that is new here, or back: from its first announcement, or (a beat on the chain
+    /// of the content we removed it with) from its tombstone.
+    fn insert_peer(
+        &mut self,
+        origin: PeerId,
+        sa: SignedAnnouncement,
+        heartbeat: Option<Beat>,
+        now: Timestamp,
+    ) {
         self.tombstones.remove(&origin);
         self.roster.remove(&origin);
-        self.targets = None;
+        // A new live, active, reachable peer joins the target cache in place (rebuilding it
+        // after every join is quadratic while a large mesh fills).
+        if let Some(targets) = &mut self.targets
+            && let Err(i) = targets.binary_search(&origin)
+        {
+            targets.insert(i, origin);
+        }
         self.peers.insert(
             origin,
             Entry {
                 announcement: sa,
-                heartbeat: Some(b),
+                heartbeat,
                 ahead: None,
                 first_seen: now,
                 last_fresh: now,
