@@ -71,6 +71,7 @@ pub fn scale_scenario(peers: usize, hours: f64, loss: f64, seed: u64) -> Scenari
         list.push(p);
     }
     let events = crashes(peers, hours);
+    let list_len = list.len();
     Scenario {
         name: format!("bench-{peers}-peers"),
         seed,
@@ -109,6 +110,9 @@ pub fn scale_scenario(peers: usize, hours: f64, loss: f64, seed: u64) -> Scenari
         gossip: GossipSpec::default(),
         verify: VerifySpec::default(),
         check: CheckSpec { liveness_s: 0.0 },
+        // Printed (`--print-scenario`) and run as a file, a mesh above the turmoil engine's
+        // limit names the engine that runs it.
+        engine: (list_len > crate::turmoil::MAX_PEERS).then_some(Engine::Des),
     }
 }
 

@@ -10,13 +10,12 @@
 //! - [`out`]: `--out DIR` (every node's final `/api/status`, SVG plots).
 //! - [`rng`]: seeded streams derived from one master seed.
 //!
-//! Engines: [`des`] (`--engine des`, the CLI's default), the discrete-event world driving
-//! mesh-core directly, for every replay and thousands of peers; [`turmoil`] (`--engine
-//! turmoil`), mesh-node's real driver, entry and proxy on turmoil hosts, for up to
-//! [`turmoil::MAX_PEERS`] peers. Both produce an [`Outcome`] from a [`Scenario`]; the replays
-//! both run reach the same decisions (`tests/engines.rs`, which also lists the replays the
-//! turmoil engine cannot run and why: an entry that also serves models or audits its peers is
-//! not something mesh-node's entry does yet).
+//! Engines: [`turmoil`] (the default: [`Engine::DEFAULT`]), mesh-node's real driver, entry,
+//! audit loop and proxy on turmoil hosts, for up to [`turmoil::MAX_PEERS`] peers; [`des`]
+//! (`--engine des`, or `engine = "des"` in a file), the discrete-event world driving mesh-core
+//! directly, for thousands of peers. Both produce an [`Outcome`] from a [`Scenario`]; the
+//! replays both run reach the same decisions and verdicts (`tests/engines.rs`, which also lists
+//! the one replay only `des` runs: 103 peers).
 //!
 //! Tools: [`sweep`] (many seeds), [`bench`] (scale figures).
 
@@ -41,8 +40,10 @@ use scenario::Scenario;
 use std::collections::BTreeMap;
 use timeline::Timeline;
 
-/// Which engine runs a scenario.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which engine runs a scenario: the file's `engine` key, else [`Engine::DEFAULT`]; `--engine`
+/// overrides both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Engine {
     /// The discrete-event world: no tokio, mesh-core machines driven directly.
     Des,
@@ -51,6 +52,15 @@ pub enum Engine {
 }
 
 impl Engine {
+    /// The real node stack, unless a scenario says otherwise (one above the turmoil engine's
+    /// peer limit says `engine = "des"`).
+    pub const DEFAULT: Engine = Engine::Turmoil;
+
+    /// The engine for `scenario` when the caller names none.
+    pub fn for_scenario(scenario: &Scenario) -> Engine {
+        scenario.engine.unwrap_or(Engine::DEFAULT)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Engine::Des => "des",

@@ -34,9 +34,9 @@ enum Command {
         /// Print the report as JSON instead of text.
         #[arg(long)]
         json: bool,
-        /// Which engine runs the world.
-        #[arg(long, value_enum, default_value_t = EngineArg::Des)]
-        engine: EngineArg,
+        /// Which engine runs the world [default: the file's `engine`, else turmoil].
+        #[arg(long, value_enum)]
+        engine: Option<EngineArg>,
         /// Write the report, every node's final /api/status and SVG plots to this directory.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -47,8 +47,9 @@ enum Command {
         /// Seeds as `A..B` (B exclusive) or `A..=B`.
         #[arg(long)]
         seeds: String,
-        #[arg(long, value_enum, default_value_t = EngineArg::Des)]
-        engine: EngineArg,
+        /// [default: the file's `engine`, else turmoil]
+        #[arg(long, value_enum)]
+        engine: Option<EngineArg>,
         #[arg(long)]
         json: bool,
     },
@@ -80,8 +81,7 @@ enum EngineArg {
     /// Discrete-event world driving mesh-core directly.
     Des,
     /// The real mesh-node stack on turmoil hosts and TCP, with simulated llama-servers (up to
-    /// 40 peers; the replays whose entry also serves or audits are des-only, see
-    /// mesh-sim/tests/engines.rs).
+    /// 40 peers; larger meshes run on des — their files say `engine = "des"`).
     Turmoil,
 }
 
@@ -143,7 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &scenario,
                 RunOptions {
                     seed,
-                    engine: engine.into(),
+                    engine: engine.map_or_else(|| Engine::for_scenario(&scenario), Into::into),
                 },
                 extras,
             )
@@ -194,7 +194,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     b.set_position(done);
                 }
             };
-            let report = mesh_sim::sweep::sweep(&scenario, engine.into(), range, Some(&mut tick))
+            let engine = engine.map_or_else(|| Engine::for_scenario(&scenario), Into::into);
+            let report = mesh_sim::sweep::sweep(&scenario, engine, range, Some(&mut tick))
                 .with_context(|| format!("cannot run {}", file.display()))?;
             if let Some(b) = bar {
                 b.finish_and_clear();

@@ -36,8 +36,8 @@ fn run_prints_a_text_report() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
-        text.starts_with("scenario qwen3-8b-4080s-solo  seed 42"),
-        "{text}"
+        text.starts_with("scenario qwen3-8b-4080s-solo  seed 42  duration 1800 s  engine turmoil"),
+        "the real node stack by default: {text}"
     );
     assert!(
         text.contains("Qwen3-8B-Q4_K_M  daily-driver  solo  rtx4080s"),
@@ -211,7 +211,7 @@ fn sweep_summarises_violations_over_seeds() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
-        text.starts_with("sweep qwen3-8b-4080s-solo  engine des  seeds 1..4  (3 runs)"),
+        text.starts_with("sweep qwen3-8b-4080s-solo  engine turmoil  seeds 1..4  (3 runs)"),
         "{text}"
     );
     assert!(text.contains("no invariant violated"), "{text}");
@@ -249,4 +249,42 @@ fn bench_prints_its_generated_scenario() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.peers.len(), 21);
     assert_eq!(s.network.loss, 0.01);
+}
+
+#[test]
+fn a_files_engine_key_picks_the_engine_unless_the_flag_overrides_it() {
+    let text = std::fs::read_to_string(scenario()).unwrap();
+    let i = text.find("duration_s").unwrap();
+    let j = i + text[i..].find('\n').unwrap() + 1;
+    let with = |engine: &str| format!("{}engine = \"{engine}\"\n{}", &text[..j], &text[j..]);
+    let des = temp_file("engine-des.toml", &with("des"));
+    let engine_of = |args: &[&str]| {
+        let out = mesh_sim(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["engine"].as_str().unwrap().to_string()
+    };
+    assert_eq!(engine_of(&["run", des.to_str().unwrap(), "--json"]), "des");
+    assert_eq!(
+        engine_of(&[
+            "run",
+            des.to_str().unwrap(),
+            "--json",
+            "--engine",
+            "turmoil"
+        ]),
+        "turmoil"
+    );
+    let bad = temp_file("engine-bad.toml", &with("quantum"));
+    let out = mesh_sim(&["run", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("engine-bad.toml") && err.contains("quantum"),
+        "{err}"
+    );
 }

@@ -41,6 +41,10 @@ pub struct Scenario {
     pub verify: VerifySpec,
     #[serde(default)]
     pub check: CheckSpec,
+    /// The engine that runs it when `--engine` names none (default: turmoil, the real node
+    /// stack; `des` for meshes above the turmoil engine's peer limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<crate::Engine>,
 }
 
 /// A `[[model]]`: a GGUF the mesh may serve.
