@@ -6,34 +6,15 @@ use super::{AuditReq, Ev, World, since_start};
 use crate::decode;
 use crate::profile;
 use crate::rng::SimRng;
-use mesh_core::Backend;
 use mesh_core::status::VerifyVerdict;
-use mesh_core::verify::{AuditConfig, AuditId, AuditOutput, Auditor, Decode, ProbeFailed, Side};
-use std::time::Duration;
+use mesh_core::verify::{AuditId, AuditOutput, Auditor, Decode, ProbeFailed, Side};
 
 impl World<'_> {
     pub(super) fn new_auditor(&self, e: usize) -> Auditor {
-        let spec = &self.sc.verify;
-        let mut config = AuditConfig::default();
-        if let Some(v) = spec.interval_s {
-            config.interval = Duration::from_secs_f64(v);
-        }
-        config.enforcement.mode = spec.mode;
-        if spec.references {
-            for m in &self.models {
-                let refs = [
-                    Backend::Metal,
-                    Backend::Cuda,
-                    Backend::Rocm,
-                    Backend::Vulkan,
-                    Backend::Cpu,
-                ]
-                .iter()
-                .map(|&b| decode::reference_fingerprint(&m.name, b))
-                .collect();
-                config.references.insert(m.name.clone(), refs);
-            }
-        }
+        let config = self
+            .sc
+            .verify
+            .audit_config(self.models.iter().map(|m| m.name.as_str()));
         let rng = SimRng::derive(self.seed, "audit", e as u64).pcg();
         Auditor::new(self.nodes[e].id, config, rng, self.now)
             .expect("the default audit config with a positive interval is valid")

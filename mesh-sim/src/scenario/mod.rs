@@ -309,6 +309,38 @@ fn default_verify_mode() -> mesh_core::status::VerifyMode {
     mesh_core::status::VerifyMode::Observe
 }
 
+impl VerifySpec {
+    /// An entry's audit configuration (both engines build it here): interval, mode, and the
+    /// pinned reference fingerprints of `models` when asked for.
+    pub fn audit_config<'a>(
+        &self,
+        models: impl IntoIterator<Item = &'a str>,
+    ) -> mesh_core::verify::AuditConfig {
+        use mesh_core::Backend;
+        let mut config = mesh_core::verify::AuditConfig::default();
+        if let Some(v) = self.interval_s {
+            config.interval = std::time::Duration::from_secs_f64(v);
+        }
+        config.enforcement.mode = self.mode;
+        if self.references {
+            for m in models {
+                let refs = [
+                    Backend::Metal,
+                    Backend::Cuda,
+                    Backend::Rocm,
+                    Backend::Vulkan,
+                    Backend::Cpu,
+                ]
+                .iter()
+                .map(|&b| crate::decode::reference_fingerprint(m, b))
+                .collect();
+                config.references.insert(m.to_string(), refs);
+            }
+        }
+        config
+    }
+}
+
 impl Default for VerifySpec {
     fn default() -> Self {
         VerifySpec {

@@ -32,7 +32,7 @@ use mesh_core::sla::{self, EntryMeasurements, Evaluation, FallbackConfig, Fallba
 use mesh_core::status::StatusPayload;
 use mesh_core::status::{ByModel, VerifyEntry, VerifyVerdict};
 use mesh_core::verify::{AuditConfig, AuditOutput};
-use mesh_core::{Backend, MeshView, PeerId};
+use mesh_core::{MeshView, PeerId};
 use mesh_node::api::{self, NodeApi};
 use mesh_node::audit::AuditTally;
 use mesh_node::backend::{BackendState, Backends};
@@ -929,31 +929,11 @@ fn snapshot(sh: &Shared, o: &Observed) -> Snapshot {
     }
 }
 
-/// The entry's audit configuration from the scenario's `[verify]` (as the discrete-event
-/// engine builds it): interval, mode, and the pinned reference fingerprints when asked for.
+/// The entry's audit configuration from the scenario's `[verify]`.
 fn audit_config(sh: &Shared) -> AuditConfig {
-    let spec = &sh.sc.verify;
-    let mut config = AuditConfig::default();
-    if let Some(v) = spec.interval_s {
-        config.interval = Duration::from_secs_f64(v);
-    }
-    config.enforcement.mode = spec.mode;
-    if spec.references {
-        for m in &sh.models {
-            let refs = [
-                Backend::Metal,
-                Backend::Cuda,
-                Backend::Rocm,
-                Backend::Vulkan,
-                Backend::Cpu,
-            ]
-            .iter()
-            .map(|&b| decode::reference_fingerprint(&m.name, b))
-            .collect();
-            config.references.insert(m.name.clone(), refs);
-        }
-    }
-    config
+    sh.sc
+        .verify
+        .audit_config(sh.models.iter().map(|m| m.name.as_str()))
 }
 
 /// The safety checkers on the entry's verdicts and demotions: none may accuse an honest peer.
