@@ -24,6 +24,7 @@ pub mod calibration;
 pub mod check;
 pub mod decode;
 pub mod des;
+mod net;
 pub mod out;
 pub mod plot;
 pub mod profile;

@@ -273,6 +273,56 @@ pub struct PeerReport {
 }
 
 /// Rounds to `decimals` places, so reports stay readable and byte-stable.
+/// A model's plan in report terms: its hosts, its split group, and each peer's part in it (a
+/// mapping of the election's plan, no rule of ours). A waiting model's part goes to `waiting`,
+/// the live peers offering it.
+pub(crate) fn plan_parts(
+    plan: Option<&mesh_core::election::Plan>,
+    name_of: impl Fn(&mesh_core::PeerId) -> String,
+    waiting: impl IntoIterator<Item = String>,
+) -> (
+    Vec<String>,
+    Option<SplitGroupReport>,
+    BTreeMap<String, ServingMode>,
+) {
+    use mesh_core::election::Plan;
+    let mut serving_mode = BTreeMap::new();
+    match plan {
+        Some(Plan::Solo { host, replicas, .. }) => {
+            let hosts: Vec<String> = std::iter::once(host)
+                .chain(replicas)
+                .map(&name_of)
+                .collect();
+            for h in &hosts {
+                serving_mode.insert(h.clone(), ServingMode::Solo);
+            }
+            (hosts, None, serving_mode)
+        }
+        Some(Plan::Split {
+            host,
+            workers,
+            total_group_memory,
+        }) => {
+            serving_mode.insert(name_of(host), ServingMode::SplitHost);
+            for id in workers {
+                serving_mode.insert(name_of(id), ServingMode::SplitWorker);
+            }
+            let group = SplitGroupReport {
+                host: name_of(host),
+                members: std::iter::once(host).chain(workers).map(&name_of).collect(),
+                total_group_vram_gb: round(*total_group_memory as f64 / 1e9, 1),
+            };
+            (vec![name_of(host)], Some(group), serving_mode)
+        }
+        Some(Plan::WaitingForCapacity { .. }) | None => {
+            for p in waiting {
+                serving_mode.insert(p, ServingMode::Waiting);
+            }
+            (Vec::new(), None, serving_mode)
+        }
+    }
+}
+
 pub fn round(v: f64, decimals: i32) -> f64 {
     let f = 10f64.powi(decimals);
     (v * f).round() / f

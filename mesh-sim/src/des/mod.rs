@@ -28,13 +28,13 @@
 
 mod audit;
 mod gossip;
-mod net;
 mod queue;
 mod report;
 mod serve;
 
 use crate::Outcome;
 use crate::check::{Checker, Liveness};
+use crate::net::Network;
 use crate::profile::{Device, Model, PlacementKind, Serving, Timing};
 use crate::report::{Report, RequestCounts};
 use crate::rng::SimRng;
@@ -50,7 +50,6 @@ use mesh_core::samples::ModelSamples;
 use mesh_core::sla::{EntrySamples, FallbackBudget, FallbackConfig, MeshShareCounters, SlaConfig};
 use mesh_core::verify::{AuditId, Auditor, Decode, ProbeFailed, Side};
 use mesh_core::{MeshView, PeerId, Timestamp};
-use net::Network;
 use queue::Queue;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;

@@ -4,12 +4,12 @@ use super::{Life, World};
 use crate::check::{ChecksReport, Liveness};
 use crate::report::{
     self, Figures, HostReport, ModelReport, PeerReport, Report, RequestCounts, SlaReport,
-    SplitGroupReport, VerificationReport,
+    VerificationReport,
 };
 use crate::scenario::Behaviour;
 use mesh_core::election::{self, Plan};
 use mesh_core::sla;
-use mesh_core::status::{self, LocalFacts, ServingMode, StatusPayload};
+use mesh_core::status::{self, LocalFacts, StatusPayload};
 use mesh_core::{MeshView, PeerId};
 use std::collections::BTreeMap;
 
@@ -45,49 +45,12 @@ impl World<'_> {
         let mut models = Vec::new();
         for (m, info) in self.models.iter().enumerate() {
             let plan = plans.get(&info.name);
-            let (hosts, split_group) = match plan {
-                Some(Plan::Solo { host, replicas, .. }) => (
-                    std::iter::once(host).chain(replicas).map(name_of).collect(),
-                    None,
-                ),
-                Some(Plan::Split {
-                    host,
-                    workers,
-                    total_group_memory,
-                }) => (
-                    vec![name_of(host)],
-                    Some(SplitGroupReport {
-                        host: name_of(host),
-                        members: std::iter::once(host).chain(workers).map(name_of).collect(),
-                        total_group_vram_gb: report::round(*total_group_memory as f64 / 1e9, 1),
-                    }),
-                ),
-                Some(Plan::WaitingForCapacity { .. }) | None => (Vec::new(), None),
-            };
-            // The plan's part for each peer (a mapping of the election's plan, no rule of ours).
-            let mut serving_mode: BTreeMap<String, ServingMode> = BTreeMap::new();
-            match plan {
-                Some(Plan::Solo { host, replicas, .. }) => {
-                    for id in std::iter::once(host).chain(replicas) {
-                        serving_mode.insert(name_of(id), ServingMode::Solo);
-                    }
-                }
-                Some(Plan::Split { host, workers, .. }) => {
-                    serving_mode.insert(name_of(host), ServingMode::SplitHost);
-                    for id in workers {
-                        serving_mode.insert(name_of(id), ServingMode::SplitWorker);
-                    }
-                }
-                Some(Plan::WaitingForCapacity { .. }) | None => {
-                    for p in self
-                        .nodes
-                        .iter()
-                        .filter(|p| p.life == Life::Up && p.spec.serve.contains(&info.name))
-                    {
-                        serving_mode.insert(p.spec.name.clone(), ServingMode::Waiting);
-                    }
-                }
-            }
+            let waiting = self
+                .nodes
+                .iter()
+                .filter(|p| p.life == Life::Up && p.spec.serve.contains(&info.name))
+                .map(|p| p.spec.name.clone());
+            let (hosts, split_group, serving_mode) = report::plan_parts(plan, name_of, waiting);
             let mut by_host = Vec::new();
             for peer in &self.nodes {
                 // Every peer that ever launched the model (a pipeline's host launches it).

@@ -32,7 +32,6 @@
 //! Scenarios above [`MAX_PEERS`] peers are refused (use `--engine des`); `mesh-sim bench
 //! --engine turmoil` finds how many peers run one virtual hour in a minute.
 
-mod links;
 mod llama;
 mod net;
 mod node;
@@ -42,12 +41,12 @@ pub mod transport;
 
 use crate::check::{Checker, Liveness};
 pub(crate) use crate::des::Life;
+use crate::net::Network;
 use crate::profile::{Model, PlacementKind};
 use crate::rng::SimRng;
 use crate::scenario::{EventKind, PeerSpec, Scenario};
 use crate::timeline::Timeline;
 use crate::{EngineStats, Outcome};
-use links::LinkTable;
 use mesh_core::election::Demand;
 use mesh_core::gossip::{self as mg, SecretKey};
 use mesh_core::invite::{self, DEFAULT_TTL, Invite};
@@ -187,7 +186,7 @@ pub(crate) struct Shared {
     pub ids: Vec<PeerId>,
     pub keys: Vec<[u8; 32]>,
     pub index: BTreeMap<PeerId, usize>,
-    pub links: Mutex<LinkTable>,
+    pub links: Mutex<Network>,
     /// What the report's plan weighs: the scenario's traffic per model (as in the discrete-event
     /// engine). The nodes' own elections weigh the demand entries measure and announce.
     pub demand: BTreeMap<String, Demand>,
@@ -297,7 +296,7 @@ impl Shared {
             ids,
             keys,
             index,
-            links: Mutex::new(LinkTable::new(seed, &sc.network, sc.peers.len())),
+            links: Mutex::new(Network::new(seed, &sc.network, sc.peers.len())),
             demand,
             sla: SlaConfig {
                 catalog,

@@ -8,11 +8,11 @@ use super::{Life, World, lock};
 use crate::check::{ChecksReport, Liveness};
 use crate::report::{
     self, Convergence, CrashRemoval, Figures, GossipReport, HostReport, ModelReport, PeerReport,
-    Report, RequestCounts, SlaReport, SplitGroupReport, VerificationReport,
+    Report, RequestCounts, SlaReport, VerificationReport,
 };
 use crate::scenario::PeerSpec;
 use mesh_core::election::{self, Plan};
-use mesh_core::status::{self, ServingMode, StatusPayload};
+use mesh_core::status::{self, StatusPayload};
 use mesh_core::{MeshView, PeerId};
 use std::collections::BTreeMap;
 
@@ -62,46 +62,14 @@ impl World<'_> {
         let mut models = Vec::new();
         for (m, info) in sh.models.iter().enumerate() {
             let plan = plans.get(&info.name);
-            let (hosts, split_group) = match plan {
-                Some(Plan::Solo { host, replicas, .. }) => (
-                    std::iter::once(host).chain(replicas).map(name_of).collect(),
-                    None,
-                ),
-                Some(Plan::Split {
-                    host,
-                    workers,
-                    total_group_memory,
-                }) => (
-                    vec![name_of(host)],
-                    Some(SplitGroupReport {
-                        host: name_of(host),
-                        members: std::iter::once(host).chain(workers).map(name_of).collect(),
-                        total_group_vram_gb: report::round(*total_group_memory as f64 / 1e9, 1),
-                    }),
-                ),
-                Some(Plan::WaitingForCapacity { .. }) | None => (Vec::new(), None),
-            };
-            let mut serving_mode: BTreeMap<String, ServingMode> = BTreeMap::new();
-            match plan {
-                Some(Plan::Solo { host, replicas, .. }) => {
-                    for id in std::iter::once(host).chain(replicas) {
-                        serving_mode.insert(name_of(id), ServingMode::Solo);
-                    }
-                }
-                Some(Plan::Split { host, workers, .. }) => {
-                    serving_mode.insert(name_of(host), ServingMode::SplitHost);
-                    for id in workers {
-                        serving_mode.insert(name_of(id), ServingMode::SplitWorker);
-                    }
-                }
-                Some(Plan::WaitingForCapacity { .. }) | None => {
-                    for (p, spec) in sh.sc.peers.iter().enumerate() {
-                        if self.life[p] == Life::Up && spec.serve.contains(&info.name) {
-                            serving_mode.insert(spec.name.clone(), ServingMode::Waiting);
-                        }
-                    }
-                }
-            }
+            let waiting = sh
+                .sc
+                .peers
+                .iter()
+                .enumerate()
+                .filter(|(p, spec)| self.life[*p] == Life::Up && spec.serve.contains(&info.name))
+                .map(|(_, spec)| spec.name.clone());
+            let (hosts, split_group, serving_mode) = report::plan_parts(plan, name_of, waiting);
             let mut by_host = Vec::new();
             for (p, spec) in sh.sc.peers.iter().enumerate() {
                 let Some(placement) = super::node::placement_of(sh, p, &info.name) else {

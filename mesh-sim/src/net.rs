@@ -1,5 +1,6 @@
-//! The simulated network: per-link one-way delay and loss, partitions. A link's delay is drawn
-//! once from its range by a stateless keyed draw, so a 10,000-peer mesh stores no link table.
+//! The simulated network both engines apply: per-link one-way delay and loss, `set_latency`
+//! overrides, partitions. A link's delay is drawn once from its range by a stateless keyed draw
+//! (so a 10,000-peer mesh stores no link table, and both engines see the same links for a seed).
 
 use crate::profile::Link;
 use crate::rng::keyed_unit;
