@@ -124,13 +124,7 @@ async fn chat_completions(State(api): State<Arc<NodeApi>>, req: Request) -> Resp
 }
 
 async fn route_chat(api: &NodeApi, req: Request) -> Result<Response<Body>, ApiError> {
-    let body = read_body(req).await?;
-    let request: Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::invalid_request(
-            "invalid_json",
-            format!("request body is not a JSON object: {e}"),
-        )
-    })?;
+    let request = read_json_object(req).await?;
     let model = request
         .get("model")
         .and_then(Value::as_str)
@@ -146,6 +140,17 @@ async fn route_chat(api: &NodeApi, req: Request) -> Result<Response<Body>, ApiEr
             Err(ApiError::model_loading(&model))
         }
     }
+}
+
+/// The body as a JSON object (400 `invalid_json` otherwise; 413 as [`read_body`]).
+pub(crate) async fn read_json_object(req: Request) -> Result<Map<String, Value>, ApiError> {
+    let body = read_body(req).await?;
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid_request(
+            "invalid_json",
+            format!("request body is not a JSON object: {e}"),
+        )
+    })
 }
 
 /// The body, or 413 once it passes [`MAX_BODY_BYTES`] (declared or actual).

@@ -21,8 +21,6 @@
 use crate::clock::Clock;
 use crate::dial::Upstream;
 use crate::native;
-use bytes::Bytes;
-use hyper::Method;
 use mesh_core::peer::ModelName;
 use mesh_core::status::payload::{ByModel, VerifyEntry, VerifyMode, VerifyVerdict};
 use mesh_core::verify::{
@@ -204,15 +202,7 @@ pub async fn run_on_own_server(
     model: &str,
     probe: &AuditProbe,
 ) -> Result<Decode, ProbeFailed> {
-    let body = Bytes::from(
-        serde_json::to_vec(&probe.body(model)).expect("a JSON value always serialises"),
-    );
-    let response = upstream
-        .send(Method::POST, "/v1/chat/completions", Some(body))
-        .await
-        .map_err(|e| ProbeFailed {
-            reason: e.to_string(),
-        })?;
+    let response = native::post_probe(upstream, &probe.body(model)).await?;
     let status = response.status();
     if !status.is_success() {
         return Err(ProbeFailed {

@@ -31,7 +31,7 @@
 //! open: `GET /v1/models`, `/api/status`, `/api/models`, `/api/mesh-share`, `/metrics`,
 //! `/status`, `/dashboard`.
 
-use crate::api::{NodeApi, read_body};
+use crate::api::{NodeApi, read_json_object};
 use crate::audit::{self, EntryAudit, ProbeFuture, ProbeSides};
 use crate::auth::{self, ApiKeys, KeyGuard};
 use crate::backend::BackendState;
@@ -1198,13 +1198,7 @@ fn caller_ip(req: &Request) -> IpAddr {
 
 /// The request's JSON object and its `model` (`None` when absent or empty).
 async fn parse_chat(req: Request) -> Result<(Option<String>, Map<String, Value>), ApiError> {
-    let body = read_body(req).await?;
-    let request: Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::invalid_request(
-            "invalid_json",
-            format!("request body is not a JSON object: {e}"),
-        )
-    })?;
+    let request = read_json_object(req).await?;
     let model = match request.get("model") {
         None | Some(Value::Null) => None,
         Some(Value::String(m)) if m.is_empty() => None,

@@ -15,11 +15,11 @@
 
 use crate::entry::Fallback;
 use crate::error::ApiError;
-use crate::proxy::X_ACCEL_BUFFERING;
+use crate::proxy::streamed_response;
 use anyhow::{Context as _, bail};
 use axum::body::Body;
-use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
-use axum::http::{HeaderValue, Response, StatusCode};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{Response, StatusCode};
 use axum::response::IntoResponse;
 use futures::TryStreamExt;
 use futures::future::BoxFuture;
@@ -258,22 +258,8 @@ impl Fallback for OpenAiProvider {
                 );
             }
             let content_type = resp.headers().get(CONTENT_TYPE).cloned();
-            let is_sse = content_type
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("text/event-stream"));
             let stream = resp.bytes_stream().map_err(axum::Error::new);
-            let mut out = Response::new(Body::from_stream(stream));
-            *out.status_mut() = status;
-            let headers = out.headers_mut();
-            if let Some(ct) = content_type {
-                headers.insert(CONTENT_TYPE, ct);
-            }
-            headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-            if is_sse {
-                headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            }
-            out
+            streamed_response(status, content_type, Body::from_stream(stream))
         })
     }
 }

@@ -380,20 +380,28 @@ fn act(
 }
 
 /// Runs one probe against a local llama-server and reads it the way the proxy reads a chat.
+/// POSTs a probe's chat-completions body to a local llama-server.
+pub(crate) async fn post_probe(
+    upstream: &Upstream,
+    body: &serde_json::Value,
+) -> Result<hyper::Response<hyper::body::Incoming>, ProbeFailed> {
+    let body = Bytes::from(serde_json::to_vec(body).expect("a JSON value always serialises"));
+    upstream
+        .send(Method::POST, "/v1/chat/completions", Some(body))
+        .await
+        .map_err(|e| ProbeFailed {
+            reason: e.to_string(),
+        })
+}
+
 pub async fn run_probe(
     upstream: &Upstream,
     probe: &BaselineProbe,
     clock: Clock,
 ) -> Result<ProbeResult, ProbeFailed> {
-    let body =
-        Bytes::from(serde_json::to_vec(&probe.body()).expect("a JSON value always serialises"));
+    let body = probe.body();
     let sent_at = clock.now();
-    let response = upstream
-        .send(Method::POST, "/v1/chat/completions", Some(body))
-        .await
-        .map_err(|e| ProbeFailed {
-            reason: e.to_string(),
-        })?;
+    let response = post_probe(upstream, &body).await?;
     let status = response.status().as_u16();
     let mut body = response.into_body();
     let mut timing = ProbeTiming::new(sent_at);

@@ -12,7 +12,7 @@ use crate::error::ApiError;
 use crate::sse::{Scan, SseScanner, json_completion_tokens};
 use axum::body::Body;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use axum::http::{HeaderName, HeaderValue, Method, Response};
+use axum::http::{HeaderName, HeaderValue, Method, Response, StatusCode};
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
@@ -225,32 +225,46 @@ impl ChatProxy {
         tracker.status = Some(response.status().as_u16());
         let (parts, incoming) = response.into_parts();
         let content_type = parts.headers.get(CONTENT_TYPE).cloned();
-        let is_sse = content_type
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        let reading = if is_sse {
+        let reading = if is_event_stream(content_type.as_ref()) {
             Reading::Sse(SseScanner::default())
         } else {
             Reading::Json(Vec::new())
         };
-        let mut out = Response::new(Body::new(ObservedBody {
+        let body = Body::new(ObservedBody {
             inner: incoming,
             tracker,
             reading,
-        }));
-        *out.status_mut() = parts.status;
-        let headers = out.headers_mut();
-        if let Some(ct) = content_type {
-            headers.insert(CONTENT_TYPE, ct);
-        }
-        // Reverse proxies in front of the node (nginx and friends) must not buffer the stream.
-        headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-        if is_sse {
-            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        }
-        out
+        });
+        streamed_response(parts.status, content_type, body)
     }
+}
+
+/// Whether a `Content-Type` is server-sent events.
+pub(crate) fn is_event_stream(content_type: Option<&HeaderValue>) -> bool {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// An upstream answer passed on as it streams: its status and content type, and headers that
+/// keep reverse proxies in front of the node (nginx and friends) from buffering it.
+pub(crate) fn streamed_response(
+    status: StatusCode,
+    content_type: Option<HeaderValue>,
+    body: Body,
+) -> Response<Body> {
+    let is_sse = is_event_stream(content_type.as_ref());
+    let mut out = Response::new(body);
+    *out.status_mut() = status;
+    let headers = out.headers_mut();
+    if let Some(ct) = content_type {
+        headers.insert(CONTENT_TYPE, ct);
+    }
+    headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+    if is_sse {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    out
 }
 
 /// Streams get `stream_options.include_usage: true` (keeping any other stream options), so the
