@@ -526,18 +526,7 @@ async fn announce(
         let view = gossip.view();
         let mut local = content();
         if let Some((until, _)) = &elector.hold {
-            // Heard from the mesh, with an RTT to each member that could serve: an election
-            // that scored others as unmeasured would elect this node over better hosts. And
-            // this node's own rpc-server (if it runs one) is up and announced: a split host only
-            // picks ready workers, so deciding before would make this node the host.
-            let others = || view.peers.iter().filter(|p| p.id() != view.me);
-            let own_rpc_announced = view
-                .get(&view.me)
-                .is_some_and(|me| me.announcement.rpc_ready != Some(false));
-            let heard = others().next().is_some()
-                && others().all(|p| p.rtt_ms.is_some() || p.announcement.role == Role::Client)
-                && local.rpc_ready != Some(false)
-                && own_rpc_announced;
+            let heard = election::heard_enough_to_elect(&view, local.rpc_ready);
             if heard || now >= *until {
                 tracing::info!(heard_from_mesh = heard, "joined: acting on the election");
                 elector.hold = None;

@@ -436,6 +436,22 @@ pub fn can_spill_solo(peer: &PeerAnnouncement, model_bytes: u64) -> bool {
         && ram_filter_ok(peer, model_bytes)
 }
 
+/// Whether a node that is joining has heard enough of the mesh to act on its election: it has
+/// heard from the mesh, with an RTT to each member that could serve (an election that scored
+/// others as unmeasured would elect this node over better hosts), and its own rpc-server, if it
+/// runs one, is up (`local_rpc_ready`) and announced (a split host only picks ready workers, so
+/// deciding before would make this node the host).
+pub fn heard_enough_to_elect(view: &MeshView, local_rpc_ready: Option<bool>) -> bool {
+    let others = || view.peers.iter().filter(|p| p.id() != view.me);
+    let own_rpc_announced = view
+        .get(&view.me)
+        .is_some_and(|me| me.announcement.rpc_ready != Some(false));
+    others().next().is_some()
+        && others().all(|p| p.rtt_ms.is_some() || p.announcement.role == crate::peer::Role::Client)
+        && local_rpc_ready != Some(false)
+        && own_rpc_announced
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,6 +481,58 @@ mod tests {
         assert!(!d(1, 9.9).is_hot());
         assert!(d(2, 0.0).is_hot());
         assert!(d(0, 10.0).is_hot());
+    }
+
+    #[test]
+    fn a_joining_node_elects_once_it_has_rtts_to_its_members_and_its_rpc_server_is_announced() {
+        let known = |id: u8, role: Role, rtt: Option<u32>, rpc: Option<bool>| {
+            let mut a = PeerAnnouncement::new(PeerId([id; 32]), "m", role);
+            a.rpc_ready = rpc;
+            KnownPeer {
+                announcement: a,
+                rtt_ms: rtt,
+                first_seen: Timestamp::ZERO,
+                last_fresh: Timestamp::ZERO,
+            }
+        };
+        let me = PeerId([1; 32]);
+        let view = |peers| MeshView::new(me, peers);
+        let alone = view(vec![known(1, Role::Worker, Some(0), Some(true))]);
+        assert!(
+            !heard_enough_to_elect(&alone, Some(true)),
+            "nobody heard yet"
+        );
+        let member = known(2, Role::Worker, Some(20), None);
+        let entry_unmeasured = known(3, Role::Client, None, None);
+        let ready = view(vec![
+            known(1, Role::Worker, Some(0), Some(true)),
+            member.clone(),
+            entry_unmeasured.clone(),
+        ]);
+        assert!(
+            heard_enough_to_elect(&ready, Some(true)),
+            "clients need no RTT"
+        );
+        assert!(
+            !heard_enough_to_elect(&ready, Some(false)),
+            "own rpc-server not up"
+        );
+        let unannounced = view(vec![
+            known(1, Role::Worker, Some(0), Some(false)),
+            member.clone(),
+        ]);
+        assert!(
+            !heard_enough_to_elect(&unannounced, Some(true)),
+            "not announced yet"
+        );
+        let unmeasured = view(vec![
+            known(1, Role::Worker, Some(0), None),
+            known(2, Role::Worker, None, None),
+        ]);
+        assert!(
+            !heard_enough_to_elect(&unmeasured, None),
+            "a member without an RTT"
+        );
     }
 
     fn cuda(fast_gb: f64, ram_gb: f64) -> PeerAnnouncement {
